@@ -1,0 +1,1 @@
+"""Cross-Self Pruning and the KV-pruning engine that every method runs on."""

@@ -1,0 +1,69 @@
+"""Attention scores for ranking cached tokens, computed from queries and keys.
+
+Methods never read the attention weights a kernel returns (flash-attention returns none),
+so they score from the layer's own queries and keys here. Everything is done in float32
+and per KV head: the query heads of a grouped-query KV group are averaged.
+No function here holds more than heads x chunk x L scores at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def grouped_logits(queries: Tensor, keys: Tensor, scaling: float, query_start: int) -> Tensor:
+    """Causal pre-softmax logits Q K^T * scaling, grouped per KV head.
+
+    queries: (Hq, W, D) for prompt positions query_start .. query_start + W - 1;
+    keys: (Hkv, L, D). Returns (Hkv, Hq // Hkv, W, L) float32, -inf where a key is in the
+    query's future.
+    """
+    hq, w, d = queries.shape
+    hkv, length, _ = keys.shape
+    q = queries.float().view(hkv, hq // hkv, w, d)
+    logits = torch.matmul(q, keys.float().transpose(-1, -2).unsqueeze(1)) * scaling
+    q_pos = torch.arange(query_start, query_start + w, device=keys.device)
+    future = torch.arange(length, device=keys.device)[None, :] > q_pos[:, None]
+    return logits.masked_fill(future, float("-inf"))
+
+
+def n_softmax(logits: Tensor, n: float = 1.0) -> Tensor:
+    """exp(O_i) / (n + sum_j exp(O_j)) over the last dim, computed stably; n = 0 is softmax.
+
+    With m the row max: exp(O_i - m) / (n * exp(-m) + sum_j exp(O_j - m)).
+    """
+    m = logits.amax(dim=-1, keepdim=True)
+    e = torch.exp(logits - m)
+    return e / (n * torch.exp(-m) + e.sum(dim=-1, keepdim=True))
+
+
+@dataclass
+class ColumnStats:
+    """Per KV head and key, statistics of the attention it receives from ALL causal queries."""
+
+    total: Tensor  # (Hkv, L) sum over queries of a[q, j]
+    total_sq: Tensor  # (Hkv, L) sum over queries of a[q, j]^2
+    count: Tensor  # (L,) number of queries that can see key j: L - j
+
+
+def column_stats(queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512) -> ColumnStats:
+    """Softmax attention of every prompt query, accumulated over query chunks.
+
+    The attention map of a KV group is averaged over its query heads before any statistic,
+    so that squares (for ReCo's deviation) are those of the averaged map.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    hkv, length, _ = keys.shape
+    total = torch.zeros(hkv, length, dtype=torch.float32, device=keys.device)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, length, chunk):
+        q = queries[:, start : start + chunk]
+        a = torch.softmax(grouped_logits(q, keys, scaling, start), dim=-1).mean(dim=1)
+        total += a.sum(dim=1)
+        total_sq += a.square().sum(dim=1)
+        del a
+    count = torch.arange(length, 0, -1, device=keys.device, dtype=torch.float32)
+    return ColumnStats(total, total_sq, count)

@@ -1,0 +1,149 @@
+"""The contract between the pruning engine and a KV-pruning method.
+
+The engine (`csp.engine`) owns the mechanics: hooks on the decoder's attention modules,
+recomputing queries, modality masks, per-sample unpadding and the cache rewrite. A method
+only sees one sample's prompt KV in one layer (`LayerKV`) and answers which entries to keep,
+or what merged entries to store (`Selection`). Budget arithmetic lives here once, so one
+override of `budget` / `recent_ratio` / `budget_tokens` changes every method alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+
+class ConfigError(ValueError):
+    """A method or run configured with values that cannot work; raised before any model loads."""
+
+
+@dataclass
+class LayerKV:
+    """One sample's prompt in one decoder layer (padding already removed).
+
+    keys, values: (kv_heads, L, head_dim), keys after the rotary embedding, as cached.
+    visual: (L,) bool, True where the input id is the model's image token.
+    queries(last): (query_heads, n, head_dim) post-rotary queries of the last `last` prompt
+    positions (all L when None), recomputed from the layer's input on demand, so a method
+    that only needs its observation window never pays for all L queries.
+    """
+
+    layer_idx: int
+    keys: Tensor
+    values: Tensor
+    visual: Tensor
+    scaling: float
+    query_fn: Callable[[int | None], Tensor] = field(repr=False)
+
+    @property
+    def length(self) -> int:
+        return self.keys.shape[-2]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.keys.shape[0]
+
+    def queries(self, last: int | None = None) -> Tensor:
+        return self.query_fn(last)
+
+
+@dataclass
+class Selection:
+    """What a method keeps of one layer's prompt KV, per KV head.
+
+    index: (kv_heads, K) prompt positions, in the order they are stored. A position may
+        appear twice (CSP's concat mode stores such a token twice, as the reference does).
+    valid: (kv_heads, K) bool or None. When heads keep different numbers of entries the
+        lists are padded to a common K and `valid` marks the real ones.
+    keys, values: (kv_heads, K, head_dim) or None; merging methods store these instead of
+        keys[index] / values[index]. `index` still names the position each entry stands for.
+    """
+
+    index: Tensor
+    valid: Tensor | None = None
+    keys: Tensor | None = None
+    values: Tensor | None = None
+
+    @classmethod
+    def everything(cls, kv: LayerKV) -> "Selection":
+        idx = torch.arange(kv.length, device=kv.keys.device)
+        return cls(index=idx.expand(kv.kv_heads, -1))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many prompt tokens a method keeps: `selected` chosen by score plus the last `recent`."""
+
+    selected: int
+    recent: int
+
+    @property
+    def total(self) -> int:
+        return self.selected + self.recent
+
+
+@dataclass
+class KVPruner:
+    """Base of every method: the shared budget fields, their validation and the guards.
+
+    budget: kept fraction of the prompt's L tokens (0.2 = the reference's hh 0.1 + recent 0.1);
+        1.0 keeps everything.
+    recent_ratio: the part of `budget` spent on the most recent tokens, always kept.
+    budget_tokens: an absolute number of kept tokens instead of a fraction; the recent window
+        then gets the same share of it as recent_ratio has of budget.
+    prune_text_only_prompts: the reference prunes only prompts with at least one image.
+    """
+
+    budget: float = 0.2
+    recent_ratio: float = 0.1
+    budget_tokens: int | None = None
+    prune_text_only_prompts: bool = False
+
+    name: ClassVar[str] = "base"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.budget <= 1.0:
+            raise ConfigError(f"{self.name}: budget={self.budget} must be a fraction in (0, 1]")
+        if not 0.0 <= self.recent_ratio <= self.budget:
+            raise ConfigError(
+                f"{self.name}: recent_ratio={self.recent_ratio} must lie in [0, budget={self.budget}]"
+            )
+        if self.budget_tokens is not None and self.budget_tokens < 1:
+            raise ConfigError(f"{self.name}: budget_tokens={self.budget_tokens} must be >= 1")
+
+    def split_budget(self, length: int) -> Budget:
+        """The reference arithmetic: hh = int(hh_ratio * L), R = int(recent_ratio * L)."""
+        if self.budget_tokens is not None:
+            recent = int(self.budget_tokens * self.recent_ratio / self.budget)
+            return Budget(self.budget_tokens - recent, recent)
+        # round() so that e.g. 0.3 - 0.1 is 0.2 and not 0.19999999999999998
+        hh_ratio = round(self.budget - self.recent_ratio, 12)
+        return Budget(int(hh_ratio * length), int(self.recent_ratio * length))
+
+    def should_prune(self, kv: LayerKV) -> bool:
+        if self.split_budget(kv.length).total >= kv.length:
+            return False  # a prompt within the budget is kept whole
+        return self.prune_text_only_prompts or bool(kv.visual.any())
+
+    def __call__(self, kv: LayerKV) -> Selection:
+        """What the engine calls: the guards, then the method's own selection."""
+        if not self.should_prune(kv):
+            return Selection.everything(kv)
+        return self.select(kv, self.split_budget(kv.length))
+
+    def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        raise NotImplementedError
+
+
+@dataclass
+class FullCache(KVPruner):
+    """No pruning: the reference point of every table."""
+
+    budget: float = 1.0
+    recent_ratio: float = 0.0
+    name: ClassVar[str] = "full"
+
+    def should_prune(self, kv: LayerKV) -> bool:
+        return False
