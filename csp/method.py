@@ -9,7 +9,7 @@ override of `budget` / `recent_ratio` / `budget_tokens` changes every method ali
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import Tensor
@@ -135,6 +135,12 @@ class KVPruner:
 
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
         raise NotImplementedError
+
+    def for_dataset(self, settings: Mapping[str, Any]) -> "KVPruner":
+        """The method as configured for one dataset (CSP takes its cross ratio and bias from a
+        per-dataset table); settings the method has no field for, or has set explicitly, are
+        ignored. The base method has no per-dataset settings."""
+        return self
 
 
 @dataclass
