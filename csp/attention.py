@@ -22,21 +22,23 @@ def grouped_logits(queries: Tensor, keys: Tensor, scaling: float, query_start: i
     """
     hq, w, d = queries.shape
     hkv, length, _ = keys.shape
-    q = queries.float().view(hkv, hq // hkv, w, d)
-    logits = torch.matmul(q, keys.float().transpose(-1, -2).unsqueeze(1)) * scaling
+    q = (queries.float() * scaling).view(hkv, hq // hkv, w, d)
+    logits = torch.matmul(q, keys.float().transpose(-1, -2).unsqueeze(1))
     q_pos = torch.arange(query_start, query_start + w, device=keys.device)
     future = torch.arange(length, device=keys.device)[None, :] > q_pos[:, None]
-    return logits.masked_fill(future, float("-inf"))
+    return logits.masked_fill_(future, float("-inf"))
 
 
-def n_softmax(logits: Tensor, n: float = 1.0) -> Tensor:
+def n_softmax(logits: Tensor, n: float = 1.0, *, inplace: bool = False) -> Tensor:
     """exp(O_i) / (n + sum_j exp(O_j)) over the last dim, computed stably; n = 0 is softmax.
 
     With m the row max: exp(O_i - m) / (n * exp(-m) + sum_j exp(O_j - m)).
+    inplace=True overwrites `logits`, so that scoring a long prompt holds one score tensor.
     """
     m = logits.amax(dim=-1, keepdim=True)
-    e = torch.exp(logits - m)
-    return e / (n * torch.exp(-m) + e.sum(dim=-1, keepdim=True))
+    e = logits.sub_(m) if inplace else logits - m
+    e = e.exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True).add_(n * torch.exp(-m)))
 
 
 @dataclass

@@ -1,0 +1,292 @@
+"""The pruning engine: hooks that hand each layer's prompt KV to a method and store what it keeps.
+
+During the prefill only, a forward hook on every decoder attention module reads the layer's
+freshly cached keys and values, recomputes the queries a method asks for from the layer's
+input (q projection + rotary, so any attention kernel works), splits the left-padded batch
+into samples, calls the method once per sample, and rewrites that layer's cache with what
+the method keeps. The full prompt KV of a layer is thus freed as soon as the layer is done.
+
+Samples of a batch may keep different numbers of entries: each sample's kept entries are
+left-padded to the batch's longest and the padding slots are masked out of attention while
+decoding. When every layer and head of a sample keeps the same number of entries (every
+method but CSP's intersection mode), one 2-D padding mask serves all layers and every
+kernel, flash-attention included. Otherwise (`ragged`), the decode loop installs a
+per-layer, per-head mask through a forward pre-hook on each attention module.
+
+Everything that depends on transformers' cache internals is in `_cache_layer`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from csp.method import KVPruner, LayerKV, Selection
+
+Evict = Literal["drop", "mask"]
+
+
+def _cache_layer(cache, layer_idx: int):
+    """The object holding one layer's `keys` / `values` tensors (B, Hkv, T, D) in the cache."""
+    return cache.layers[layer_idx]
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def recompute_queries(module: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Post-rotary queries (Hq, n, D) of one sample's positions, from the layer's input (n, hidden).
+
+    Follows the Llama / Qwen2 attention: q = q_proj(h), split into heads, optional per-head
+    q_norm, then the rotary embedding with the layer's own cos/sin of those positions.
+    """
+    q = module.q_proj(hidden).view(hidden.shape[0], -1, module.head_dim)
+    q_norm = getattr(module, "q_norm", None)
+    if q_norm is not None:
+        q = q_norm(q)
+    q = q.transpose(0, 1)
+    return q * cos + rotate_half(q) * sin
+
+
+@dataclass
+class PrefillLayout:
+    """Where each sample's kept entries sit in the pruned cache, for the decode loop.
+
+    slot_mask: (B, N) True where slot n of sample b holds a kept prompt entry in every layer
+        and head (the padding mask to extend while decoding).
+    layer_masks: None, or per layer (B, Hkv, N) when layers or heads keep different slots.
+    prompt_lengths: (B,) TRUE prompt lengths: decoding positions continue from these.
+    kept: (layers, B) entries kept per head (mean over heads), for reporting.
+    """
+
+    slot_mask: Tensor
+    prompt_lengths: Tensor
+    layer_masks: list[Tensor] | None = None
+    kept: Tensor | None = None
+
+    @property
+    def ragged(self) -> bool:
+        return self.layer_masks is not None
+
+
+@dataclass
+class _LayerResult:
+    valid: Tensor  # (B, Hkv, N_layer) bool
+    kept: Tensor  # (B,) float, mean kept entries per head
+
+
+@dataclass
+class PruningHooks:
+    """Context manager that prunes every decoder layer's cache during ONE prefill forward.
+
+    evict="drop" stores only the kept entries (the real thing); evict="mask" keeps the full
+    cache and only masks evicted entries out of attention while decoding, which must give the
+    same generation for pure selections (the test of positions and bookkeeping).
+    """
+
+    attention_modules: Sequence[nn.Module]
+    method: KVPruner
+    input_ids: Tensor  # (B, P) left-padded prompt ids, after image-token expansion
+    attention_mask: Tensor  # (B, P) 1 for real tokens
+    image_token_id: int
+    evict: Evict = "drop"
+    _handles: list = field(default_factory=list, init=False, repr=False)
+    _results: dict[int, _LayerResult] = field(default_factory=dict, init=False, repr=False)
+    _caches: dict[int, object] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._real = self.attention_mask.bool()
+        self._visual = self.input_ids == self.image_token_id
+
+    def __enter__(self) -> "PruningHooks":
+        for module in self.attention_modules:
+            self._handles.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # -- the hook ---------------------------------------------------------------------------
+    def _after_attention(self, module: nn.Module, args, kwargs, output) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if hidden.shape[1] != self.input_ids.shape[1]:
+            raise RuntimeError(
+                "pruning hooks saw a forward of length "
+                f"{hidden.shape[1]} instead of the prompt's {self.input_ids.shape[1]}: they are "
+                "meant to be active during the prefill only"
+            )
+        cos, sin = kwargs["position_embeddings"]
+        cache = kwargs.get("past_key_values")
+        if cache is None:
+            raise RuntimeError("pruning needs the prefill to run with a cache (use_cache=True)")
+        layer_idx = module.layer_idx
+        layer = _cache_layer(cache, layer_idx)
+        keys, values = layer.keys, layer.values
+        kept_k, kept_v, valid, kept = [], [], [], []
+        with torch.no_grad():
+            for b in range(keys.shape[0]):
+                pos = self._real[b].nonzero().squeeze(-1)
+                kv = LayerKV(
+                    layer_idx=layer_idx,
+                    keys=keys[b, :, pos],
+                    values=values[b, :, pos],
+                    visual=self._visual[b, pos],
+                    scaling=float(module.scaling),
+                    query_fn=self._query_fn(module, hidden[b], cos[b], sin[b], pos),
+                )
+                sel = self.method(kv)
+                if self.evict == "mask":
+                    k, v, ok = self._as_mask(sel, kv, pos, keys.shape[2])
+                else:
+                    k, v, ok = self._gather(sel, kv)
+                kept_k.append(k)
+                kept_v.append(v)
+                valid.append(ok)
+                kept.append(ok.float().sum(-1).mean())
+        layer.keys, slots = _left_pad(kept_k)
+        layer.values, _ = _left_pad(kept_v)
+        self._results[layer_idx] = _LayerResult(_left_pad_mask(valid, slots), torch.stack(kept))
+        self._caches[layer_idx] = cache
+
+    @staticmethod
+    def _query_fn(module, hidden_b, cos_b, sin_b, pos):
+        def queries(last: int | None = None) -> Tensor:
+            p = pos if last is None else pos[pos.numel() - last :]
+            return recompute_queries(module, hidden_b[p], cos_b[p], sin_b[p])
+
+        return queries
+
+    @staticmethod
+    def _gather(sel: Selection, kv: LayerKV) -> tuple[Tensor, Tensor, Tensor]:
+        if sel.keys is not None:
+            k, v = sel.keys.to(kv.keys.dtype), sel.values.to(kv.values.dtype)
+        else:
+            idx = sel.index.unsqueeze(-1).expand(-1, -1, kv.keys.shape[-1])
+            k, v = kv.keys.gather(1, idx), kv.values.gather(1, idx)
+        ok = sel.valid if sel.valid is not None else torch.ones(sel.index.shape, dtype=torch.bool, device=k.device)
+        return k, v, ok
+
+    @staticmethod
+    def _as_mask(sel: Selection, kv: LayerKV, pos: Tensor, padded_len: int) -> tuple[Tensor, Tensor, Tensor]:
+        if sel.keys is not None:
+            raise ValueError("evict='mask' cannot express merged entries; use evict='drop'")
+        ok = sel.valid if sel.valid is not None else torch.ones_like(sel.index, dtype=torch.bool)
+        keep = torch.zeros(kv.kv_heads, kv.length, dtype=torch.long, device=kv.keys.device)
+        keep.scatter_add_(1, sel.index, ok.long())
+        if bool((keep > 1).any()):
+            raise ValueError("evict='mask' cannot express an entry stored twice (CSP concat); use evict='drop'")
+        # back to the padded prompt's coordinates: the real tokens are the last ones
+        pad = padded_len - kv.length
+        mask = torch.zeros(kv.kv_heads, padded_len, dtype=torch.bool, device=kv.keys.device)
+        mask[:, pad:] = keep.bool()
+        k = torch.zeros(kv.kv_heads, padded_len, kv.keys.shape[-1], dtype=kv.keys.dtype, device=kv.keys.device)
+        v = torch.zeros_like(k)
+        k[:, pad:], v[:, pad:] = kv.keys, kv.values
+        return k, v, mask
+
+    # -- after the prefill --------------------------------------------------------------------
+    def layout(self) -> PrefillLayout:
+        """Equalize the layers' cache lengths and describe the slots for the decode loop."""
+        if len(self._results) != len(self.attention_modules):
+            raise RuntimeError(
+                f"pruning hooks ran in {len(self._results)} of {len(self.attention_modules)} layers"
+            )
+        layers = sorted(self._results)
+        width = max(self._results[i].valid.shape[-1] for i in layers)
+        masks = []
+        for i in layers:
+            res = self._results[i]
+            extra = width - res.valid.shape[-1]
+            if extra:
+                layer = _cache_layer(self._caches[i], i)
+                layer.keys = nn.functional.pad(layer.keys, (0, 0, extra, 0))
+                layer.values = nn.functional.pad(layer.values, (0, 0, extra, 0))
+                res.valid = nn.functional.pad(res.valid, (extra, 0), value=False)
+            masks.append(res.valid)
+        first = masks[0][:, 0]
+        uniform = all(bool((m == first[:, None, :]).all()) for m in masks)
+        return PrefillLayout(
+            slot_mask=first,
+            prompt_lengths=self._real.sum(-1),
+            layer_masks=None if uniform else masks,
+            kept=torch.stack([self._results[i].kept for i in layers]),
+        )
+
+
+def _left_pad(tensors: list[Tensor]) -> tuple[Tensor, int]:
+    """Stack per-sample (Hkv, K_b, D) tensors into (B, Hkv, N, D), padding on the left."""
+    width = max(t.shape[1] for t in tensors)
+    out = tensors[0].new_zeros(len(tensors), tensors[0].shape[0], width, tensors[0].shape[-1])
+    for b, t in enumerate(tensors):
+        out[b, :, width - t.shape[1] :] = t
+    return out, width
+
+
+def _left_pad_mask(masks: list[Tensor], width: int) -> Tensor:
+    out = torch.zeros(len(masks), masks[0].shape[0], width, dtype=torch.bool, device=masks[0].device)
+    for b, m in enumerate(masks):
+        out[b, :, width - m.shape[1] :] = m
+    return out
+
+
+@dataclass
+class LayerMaskHooks:
+    """While decoding, gives each attention module its own per-head mask over the cache.
+
+    Needed only for ragged layouts; the mask is rebuilt for each decode step from the prompt
+    slots of that layer plus the generated entries, in the format the kernel expects
+    (boolean for sdpa, additive for eager). Flash-attention takes only a padding mask.
+    """
+
+    attention_modules: Sequence[nn.Module]
+    layer_masks: list[Tensor]  # per layer (B, Hkv, N)
+    generated: int = 0
+    _handles: list = field(default_factory=list, init=False, repr=False)
+
+    def __enter__(self) -> "LayerMaskHooks":
+        for module, mask in zip(self.attention_modules, self.layer_masks):
+            impl = module.config._attn_implementation
+            if impl not in ("eager", "sdpa"):
+                raise ValueError(
+                    f"this method keeps a different number of tokens per layer or head, which needs a "
+                    f"per-head attention mask; attn_implementation={impl!r} takes only a padding mask: "
+                    "use 'sdpa' or 'eager'"
+                )
+            self._handles.append(
+                module.register_forward_pre_hook(self._hook(module, mask, impl), with_kwargs=True)
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _hook(self, module: nn.Module, prompt_mask: Tensor, impl: str):
+        groups = module.num_key_value_groups
+
+        def pre_hook(mod, args, kwargs):
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            b, q_len = hidden.shape[:2]
+            new = torch.ones(b, prompt_mask.shape[1], self.generated + q_len, dtype=torch.bool, device=hidden.device)
+            allowed = torch.cat([prompt_mask, new], dim=-1)
+            allowed = allowed.repeat_interleave(groups, dim=1).unsqueeze(2).expand(-1, -1, q_len, -1)
+            if q_len > 1:  # causal among the new tokens
+                causal = torch.ones(q_len, q_len, dtype=torch.bool, device=hidden.device).tril()
+                allowed = allowed.clone()
+                allowed[..., -q_len:] &= causal
+            if impl == "eager":
+                mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
+                mask = mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)
+            else:
+                mask = allowed
+            kwargs["attention_mask"] = mask
+            return args, kwargs
+
+        return pre_hook

@@ -1,0 +1,124 @@
+"""Greedy decoding over a pruned cache: a prefill, then one token at a time.
+
+Plain on purpose (prefill / decode_step / loop), so that positions and masks are explicit:
+after pruning, the cache holds fewer entries than the prompt had, but every new token is
+placed at its TRUE position (prompt length + step), and the attention mask covers the
+pruned cache's slots, which differ between samples of a batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from csp.engine import Evict, LayerMaskHooks, PrefillLayout, PruningHooks
+from csp.method import FullCache, KVPruner
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # generated ids per sample, EOS excluded
+    prompt_lengths: list[int]  # true prompt lengths (after image-token expansion)
+    kv_bytes: int  # bytes the cache held right after the prefill (after pruning)
+    kept_tokens: list[float]  # per sample, cache entries per layer and head after pruning (mean)
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of the key and value tensors a cache holds, padding slots included."""
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if layer.keys is not None)
+
+
+def prefill_positions(attention_mask: Tensor) -> Tensor:
+    """Positions of a left-padded batch: each sample's first real token is at 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prefill(
+    adapter, inputs: Mapping[str, Tensor], method: KVPruner | None, evict: Evict = "drop"
+) -> tuple[Tensor, DynamicCache, PrefillLayout]:
+    """Run the prompt through the model, pruning every layer's cache on the way.
+
+    Returns the last position's logits (B, V), the (pruned) cache and its layout.
+    """
+    model = adapter.model
+    inputs = dict(inputs)
+    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+    cache = DynamicCache(config=model.config)
+    kwargs = dict(inputs, position_ids=prefill_positions(attention_mask), past_key_values=cache,
+                  use_cache=True, logits_to_keep=1)
+    if method is None or isinstance(method, FullCache):
+        logits = model(**kwargs).logits[:, -1]
+        layout = PrefillLayout(slot_mask=attention_mask.bool(), prompt_lengths=attention_mask.sum(-1))
+        layout.kept = layout.prompt_lengths.float().expand(len(adapter.attention_modules()), -1)
+        return logits, cache, layout
+    hooks = PruningHooks(
+        adapter.attention_modules(), method, input_ids, attention_mask, adapter.image_token_id, evict
+    )
+    with hooks:
+        logits = model(**kwargs).logits[:, -1]
+    return logits, cache, hooks.layout()
+
+
+def decode_step(model, tokens: Tensor, cache, attention_mask: Tensor, positions: Tensor) -> Tensor:
+    """One token per sample at explicit positions; returns its logits (B, V)."""
+    out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions[:, None],
+                past_key_values=cache, use_cache=True)
+    return out.logits[:, -1]
+
+
+@torch.inference_mode()
+def greedy_generate(
+    adapter,
+    inputs: Mapping[str, Tensor],
+    method: KVPruner | None = None,
+    *,
+    max_new_tokens: int = 512,
+    min_new_tokens: int = 1,
+    evict: Evict = "drop",
+) -> GenerationOutput:
+    """Greedy decoding of a left-padded batch with `method` pruning the prompt's cache.
+
+    Each sample stops at its first EOS (not included in its tokens), after at least
+    `min_new_tokens` and at most `max_new_tokens` tokens.
+    """
+    if max_new_tokens < 1 or min_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1 and min_new_tokens={min_new_tokens} >= 0")
+    model = adapter.model
+    eos = torch.tensor(sorted(set(adapter.eos_token_ids)), device=inputs["input_ids"].device)
+    logits, cache, layout = prefill(adapter, inputs, method, evict)
+    kv_bytes = cache_bytes(cache)
+    batch = logits.shape[0]
+    device = logits.device
+    slot_mask = layout.slot_mask.long()
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    mask_hooks = LayerMaskHooks(adapter.attention_modules(), layout.layer_masks) if layout.ragged else None
+    try:
+        if mask_hooks:
+            mask_hooks.__enter__()
+        for step in range(max_new_tokens):
+            if step < min_new_tokens:
+                logits[:, eos] = float("-inf")
+            nxt = logits.argmax(dim=-1)
+            finished |= torch.isin(nxt, eos)
+            for b in (~finished).nonzero().squeeze(-1).tolist():
+                tokens[b].append(int(nxt[b]))
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            nxt = nxt.masked_fill(finished, adapter.pad_token_id)
+            if mask_hooks:
+                mask_hooks.generated = step
+            mask = torch.cat([slot_mask, slot_mask.new_ones(batch, step + 1)], dim=-1)
+            logits = decode_step(model, nxt, cache, mask, layout.prompt_lengths + step)
+    finally:
+        if mask_hooks:
+            mask_hooks.__exit__(None, None, None)
+    return GenerationOutput(
+        tokens=tokens,
+        prompt_lengths=layout.prompt_lengths.tolist(),
+        kv_bytes=kv_bytes,
+        kept_tokens=layout.kept.float().mean(0).tolist(),
+    )
