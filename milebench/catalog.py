@@ -19,6 +19,7 @@ class DatasetInfo:
     scoring: Scoring  # how MileBench's evaluation routes this dataset
     num_samples: int
     batch_size: int  # the paper's batch size
+    lettered_choices: bool = True  # GPR1200 lists its options bare, without "A. " letters
 
     @property
     def metric(self) -> str:
@@ -43,8 +44,8 @@ REALISTIC_GROUPS = ("T-1", "T-2", "T-3", "T-4", "S-1", "S-2", "S-3", "S-4", "S-5
 DIAGNOSTIC_GROUPS = ("NH", "IR")
 
 
-def _mc(name: str, group: str, n: int = 200, bs: int = 24) -> DatasetInfo:
-    return DatasetInfo(name, group, "multi-choice", "choice", n, bs)
+def _mc(name: str, group: str, n: int = 200, bs: int = 24, letters: bool = True) -> DatasetInfo:
+    return DatasetInfo(name, group, "multi-choice", "choice", n, bs, letters)
 
 
 def _open(name: str, group: str, scoring: Scoring, n: int = 200, bs: int = 24) -> DatasetInfo:
@@ -80,7 +81,7 @@ DATASETS: tuple[DatasetInfo, ...] = (
     _mc("nuscenes", "S-5"),
     _open("TextNeedleInAHaystack", "NH", "needle", n=320, bs=1),
     _open("ImageNeedleInAHaystack", "NH", "needle", n=320, bs=1),
-    _mc("GPR1200", "IR", n=600, bs=1),
+    _mc("GPR1200", "IR", n=600, bs=1, letters=False),
 )
 BY_NAME: dict[str, DatasetInfo] = {d.name: d for d in DATASETS}
 NAMES: tuple[str, ...] = tuple(d.name for d in DATASETS)
