@@ -1,0 +1,294 @@
+"""The run: check the config, load the data, load the model, then for each dataset run the
+batches this process owns, append predictions durably, merge, and score.
+
+Order matters: every check that can fail (config, method, ratio table, data dir, the run
+folder's saved config, the dataset files) runs before the model is loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from csp.method import ConfigError
+from milebench.data import DataError, DatasetFile, Sample, load_dataset
+from milebench.runner import dist as dist_mod
+from milebench.runner.scoring import score_folder
+from milebench.runner.settings import RunConfigError, RunPlan, fingerprint, make_plan
+from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines, write_atomic
+
+log = logging.getLogger("milebench.run")
+
+CONFIG_FILE = "config.yaml"
+ERRORS_FILE = "errors.jsonl"
+MIN_NEW_TOKENS = 1
+
+# generate(adapter, inputs, method, *, max_new_tokens, min_new_tokens) -> object with .tokens
+GenerateFn = Callable[..., Any]
+
+
+def instantiate_method(method_cfg: DictConfig) -> Any:
+    """Build the method object from its yaml; a bad value is a RunConfigError, before any model."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if "_target_" not in method_cfg:
+        raise RunConfigError("method config has no _target_; choose a method with `method=<name>`")
+    try:
+        return instantiate(method_cfg)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, ConfigError):
+            raise RunConfigError(str(cause)) from None
+        raise RunConfigError(f"method {method_cfg._target_}: {cause}") from None
+    except ConfigError as e:
+        raise RunConfigError(str(e)) from None
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def check_run_folder(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """A rerun may only continue a run made with the same prediction-deciding config."""
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+    old, new = _flatten(fingerprint(saved)), _flatten(fingerprint(resolved))
+    diff = [f"  {k}: {old.get(k, '<absent>')!r} in the folder, {new.get(k, '<absent>')!r} now"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise RunConfigError(
+            f"{run_dir} holds a run made with a different config ({saved_path}):\n" + "\n".join(diff)
+            + "\nuse another run_name=... (or output_dir=...), or remove the folder to start over")
+
+
+def method_record(name: str, method: Any) -> dict[str, Any]:
+    """The method's settings for one dataset, as saved in each prediction's gen_kwargs."""
+    rec: dict[str, Any] = {"name": name}
+    if dataclasses.is_dataclass(method):
+        for f in dataclasses.fields(method):
+            v = getattr(method, f.name)
+            if v is None or isinstance(v, (bool, int, float, str)):
+                rec[f.name] = v
+    return rec
+
+
+def batches_of(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
+    return [list(samples[i:i + size]) for i in range(0, len(samples), size)]
+
+
+@dataclass
+class Runner:
+    """State shared by the datasets of one run."""
+
+    cfg: DictConfig
+    plan: RunPlan
+    method: Any
+    method_name: str
+    dist: dist_mod.Dist
+    generate: GenerateFn
+    adapter: Any = None
+    errors: JsonlAppender | None = None
+
+    # -- errors ----------------------------------------------------------------------------
+    def fail(self, dataset: str, sample_id: int | None, err: Exception) -> None:
+        """on_error=raise re-raises; skip logs the sample to errors.jsonl (once) and goes on."""
+        if self.plan.on_error == "raise":
+            raise err
+        entry = {"dataset": dataset, "sample_id": sample_id, "error": type(err).__name__, "message": str(err)}
+        path = self.plan.run_dir / ERRORS_FILE
+        if entry not in list(read_complete_lines(path)):
+            if self.errors is None:
+                self.errors = JsonlAppender(path)
+            self.errors.append([entry])
+        tqdm.write(f"[skip] {dataset} sample {sample_id}: {err}")
+
+    # -- one batch ---------------------------------------------------------------------------
+    def prepare(self, dataset: DatasetFile, batch: list[Sample]) -> list[tuple[Sample, Any, list]]:
+        from PIL import Image
+
+        from milebench.prompt import build_prompt
+
+        ad, model_cfg = self.adapter, self.cfg.model
+        ready = []
+        for s in batch:
+            try:
+                built = build_prompt(
+                    s, tokenizer=ad.processor.tokenizer, image_token=ad.image_token,
+                    template=ad.format_prompt("{prompt}"), max_context_len=int(model_cfg.max_context_len),
+                    tokens_per_image=int(ad.tokens_per_image), combine_image=bool(self.cfg.combine_image),
+                    dataset_root=dataset.root)
+                images = []
+                for p in built.images:
+                    try:
+                        with Image.open(p) as im:
+                            images.append(im.convert("RGB"))
+                    except OSError as e:
+                        raise DataError(f"dataset {s.dataset}, sample {s.sample_id}: image {p} cannot be read: {e}")
+            except DataError as e:
+                self.fail(s.dataset, s.sample_id, e)
+                continue
+            ready.append((s, built, images))
+        return ready
+
+    def run_batch(self, dataset: DatasetFile, batch: list[Sample], done: dict[int, Any], method: Any,
+                  gen_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        ready = self.prepare(dataset, batch)
+        if not ready:
+            return []
+        inputs = self.adapter.encode([b.text for _, b, _ in ready], [imgs for _, _, imgs in ready])
+        inputs = inputs.to(self.adapter.model.device)
+        out = self.generate(self.adapter, inputs, method, max_new_tokens=self.plan.max_new_tokens,
+                            min_new_tokens=MIN_NEW_TOKENS)
+        records = []
+        for (s, built, _), tokens in zip(ready, out.tokens):
+            if s.sample_id in done:  # the rest of a batch cut short by a kill
+                continue
+            records.append({
+                "sample_id": s.sample_id,
+                "image": built.images,
+                "question": built.question,
+                "gt_response": s.response,
+                "gen_model_id": str(self.cfg.model.name),
+                "pred_response": self.adapter.decode(tokens).strip(),
+                "gen_kwargs": gen_kwargs,
+            })
+        return records
+
+    # -- one dataset -------------------------------------------------------------------------
+    def run_dataset(self, dataset: DatasetFile, overall: tqdm) -> None:
+        name = dataset.name
+        plan = self.plan
+        folder = plan.run_dir / (name + ("-adv" if self.cfg.adversarial else ""))
+        store = PredictionStore(folder)
+        samples = dataset.samples[: plan.limit] if plan.limit else dataset.samples
+        batches = batches_of(samples, plan.batch_sizes[name])
+        done = store.load()
+        method = self.method.for_dataset(plan.dataset_settings[name])
+        gen_kwargs = {"max_new_tokens": plan.max_new_tokens, "min_new_tokens": MIN_NEW_TOKENS,
+                      "do_sample": False, "method": method_record(self.method_name, method)}
+        mine = [b for i, b in enumerate(batches) if self.dist.owns(i)]
+        todo = [b for b in mine if any(s.sample_id not in done for s in b)]
+        n_mine = sum(len(b) for b in mine)
+        n_todo = sum(len(b) for b in todo)
+        overall.update(n_mine - n_todo)
+        if todo:
+            bar = tqdm(total=n_mine, initial=n_mine - n_todo, desc=name, unit="sample", leave=False,
+                       dynamic_ncols=True, disable=not self.dist.is_main, position=1)
+            with store.appender(self.dist.rank) as out:
+                for batch in todo:
+                    records = self.run_batch(dataset, batch, done, method, gen_kwargs)
+                    out.append(records)
+                    for r in records:
+                        done[r["sample_id"]] = r
+                    bar.update(len(batch))
+                    overall.update(len(batch))
+            bar.close()
+        self.dist.barrier()
+        if self.dist.is_main:
+            self.finish_dataset(dataset, store, folder)
+
+    def finish_dataset(self, dataset: DatasetFile, store: PredictionStore, folder: Path) -> None:
+        """Merge every process's predictions into pred.json (sample order) and score it."""
+        up_to_date = store.is_final() and not store.partial_dir.exists() and (folder / "eval.json").is_file()
+        if up_to_date:
+            return
+        done = store.load()
+        records = store.finalize([s.sample_id for s in dataset.samples], done)
+        if not records:
+            tqdm.write(f"{dataset.name}: no prediction (every sample failed); not scored")
+            return
+        result = score_folder(folder, dataset)
+        tqdm.write(f"{dataset.name}: {result.metric} {100 * result.value:.1f} over {len(records)} samples")
+
+
+def load_datasets(runner: Runner) -> list[DatasetFile]:
+    plan = runner.plan
+    loaded = []
+    for name in plan.datasets:
+        try:
+            loaded.append(load_dataset(plan.data_dir, name, adversarial=bool(runner.cfg.adversarial),
+                                       check_images=plan.on_error == "raise"))
+        except DataError as e:
+            runner.fail(name, None, e)
+    return loaded
+
+
+def resolved_config(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.pop("hydra", None)
+    data["run_name"] = plan.run_name
+    return data
+
+
+def run(
+    cfg: DictConfig,
+    *,
+    method_name: str | None = None,
+    overrides: Iterable[str] = (),
+    generate_fn: GenerateFn | None = None,
+) -> Path:
+    """Run the configured benchmark and return the run folder.
+
+    method_name: the method's config name (`method=<name>`), used in the derived run name.
+    overrides: the command-line overrides, so sweep jobs get distinct run names.
+    generate_fn: the generation function; the engine's greedy decoding by default.
+    """
+    method = instantiate_method(cfg.method)
+    method_name = method_name or getattr(type(method), "name", type(method).__name__.lower())
+    plan = make_plan(cfg, method, method_name, list(overrides))
+    resolved = resolved_config(cfg, plan)
+    check_run_folder(plan.run_dir, resolved)
+
+    dist = dist_mod.init(plan.device)
+    try:
+        if plan.generate_data:
+            if dist.is_main:
+                from milebench.synthetic import ensure_synthetic
+
+                ensure_synthetic(plan.data_dir)
+            dist.barrier()
+        if dist.is_main:
+            write_atomic(plan.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        if generate_fn is None:
+            from csp.generate import greedy_generate as generate_fn
+        runner = Runner(cfg=cfg, plan=plan, method=method, method_name=method_name, dist=dist,
+                        generate=generate_fn)
+        datasets = load_datasets(runner)
+
+        from csp.models import adapter_from_config
+
+        t0 = time.perf_counter()
+        runner.adapter = adapter_from_config(cfg.model, plan.dtype, dist.device_for(plan.device),
+                                             str(cfg.attn_implementation))
+        log.info("model %s loaded in %.1f s", cfg.model.name, time.perf_counter() - t0)
+
+        total = 0
+        for d in datasets:
+            n = len(d.samples[: plan.limit] if plan.limit else d.samples)
+            bs = plan.batch_sizes[d.name]
+            total += sum(min(bs, n - i * bs) for i in range((n + bs - 1) // bs) if dist.owns(i))
+        with tqdm(total=total, desc=f"{cfg.model.name}/{plan.run_name}", unit="sample", dynamic_ncols=True,
+                  disable=not dist.is_main, position=0) as overall:
+            for d in datasets:
+                runner.run_dataset(d, overall)
+        dist.barrier()
+        if runner.errors is not None:
+            runner.errors.close()
+    finally:
+        dist_mod.shutdown()
+    return plan.run_dir

@@ -1,0 +1,207 @@
+"""Check a composed run configuration and turn it into a plan, before any model is loaded.
+
+Every value that can be wrong is checked here, so a typo costs a second, not a model load:
+dataset names, budget, ratio table, batch size, dtype, device, data dir, on_error. Errors are
+`RunConfigError` (a `csp.method.ConfigError`) with the field name and the bad value.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from csp.method import ConfigError
+from milebench import catalog
+from milebench.runner import ratios
+
+DEFAULT_DATA_DIR = Path("data/milebench-synthetic")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ON_ERROR = ("raise", "skip")
+
+# Fields that may change between two runs into the same run folder: they select which
+# samples run, or where, but never change a prediction. Every other field must match.
+RESUMABLE_FIELDS = ("datasets", "limit", "output_dir", "run_name", "on_error", "device")
+
+# Overrides that name a run differently when `run_name` is not given (sweeps over them
+# must not share a folder); keys are matched by prefix.
+NAMING_OVERRIDES = ("method.", "recent_ratio", "budget_tokens", "ratios", "adversarial", "combine_image",
+                    "max_new_tokens")
+
+
+class RunConfigError(ConfigError):
+    """A run configuration that cannot work; raised before any model loads."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    datasets: tuple[str, ...]
+    data_dir: Path
+    generate_data: bool  # the default synthetic copy is absent and will be generated
+    run_name: str
+    run_dir: Path
+    batch_sizes: Mapping[str, int]
+    dataset_settings: Mapping[str, Mapping[str, float]]  # ratio-table entry per dataset
+    limit: int | None
+    max_new_tokens: int
+    on_error: str
+    device: str
+    dtype: str
+
+
+def select_datasets(spec: Any) -> tuple[str, ...]:
+    """`all`, a task group, a dataset name, a comma-separated string or a list of those;
+    duplicates removed, first mention wins."""
+    if isinstance(spec, (ListConfig, list, tuple)):
+        items = [str(x) for x in spec]
+    elif isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+    else:
+        raise RunConfigError(f"datasets={spec!r}: expected 'all', a task group, a name or a list of them")
+    if not items:
+        raise RunConfigError("datasets is empty: give 'all', a task group (T-1 .. S-5, NH, IR) or names")
+    names: list[str] = []
+    for item in items:
+        if item == "all":
+            names += catalog.NAMES
+        elif item in catalog.GROUPS:
+            names += [d.name for d in catalog.in_group(item)]
+        elif item in catalog.BY_NAME:
+            names.append(item)
+        else:
+            raise RunConfigError(
+                f"datasets: unknown dataset or group {item!r}; valid groups: {', '.join(catalog.GROUPS)}; "
+                f"valid names: {', '.join(catalog.NAMES)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _number(cfg: DictConfig, key: str, *, integer: bool = False, allow_none: bool = False) -> Any:
+    value = cfg.get(key)
+    if value is None and allow_none:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    if not ok or (not integer and not math.isfinite(value)):
+        raise RunConfigError(f"{key}={value!r} must be {'an integer' if integer else 'a number'}")
+    return value
+
+
+def check_budget(cfg: DictConfig) -> None:
+    budget = _number(cfg, "budget")
+    if not 0.0 < budget <= 1.0:
+        raise RunConfigError(f"budget={budget} is out of range: a kept fraction in (0, 1]")
+    recent = _number(cfg, "recent_ratio")
+    if not 0.0 <= recent <= budget:
+        raise RunConfigError(f"recent_ratio={recent} is out of range: it must lie in [0, budget={budget}]")
+    tokens = _number(cfg, "budget_tokens", integer=True, allow_none=True)
+    if tokens is not None and tokens < 1:
+        raise RunConfigError(f"budget_tokens={tokens} must be >= 1 (or null for the fraction `budget`)")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(device)):
+        raise RunConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:N")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RunConfigError(f"device={device!r} but no CUDA device is available")
+    return str(device)
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype not in DTYPES:
+        raise RunConfigError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+def derive_run_name(method_name: str, cfg: DictConfig, overrides: Iterable[str] = ()) -> str:
+    """`<method>_b<budget>` (or `_t<tokens>`; the full cache is just `full`) plus every
+    method-affecting command-line override, so each job of a sweep gets its own folder:
+    `csp_b0.2,cross_ratio=0.3`."""
+    if method_name == "full":
+        name = "full"
+    elif cfg.get("budget_tokens") is not None:
+        name = f"{method_name}_t{cfg.budget_tokens}"
+    else:
+        name = f"{method_name}_b{cfg.budget:g}"
+    extra = []
+    for item in overrides:
+        key, sep, value = item.lstrip("+~").partition("=")
+        if sep and key.startswith(NAMING_OVERRIDES):
+            extra.append(f"{key.removeprefix('method.')}={value}")
+    name = ",".join([name, *sorted(extra)])
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+
+
+def fingerprint(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that decides predictions; two runs may share a folder
+    only when these are equal."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return {k: v for k, v in data.items() if k not in RESUMABLE_FIELDS and k != "hydra"}
+
+
+def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequence[str] = ()) -> RunPlan:
+    """Validate every top-level field and the method's per-dataset settings; no model, no data read."""
+    for key in ("model", "method", "ratios"):
+        if not isinstance(cfg.get(key), DictConfig):
+            raise RunConfigError(f"config group {key!r} is missing: choose one with `{key}=<name>`")
+    for key in ("name", "path"):
+        if not cfg.model.get(key):
+            raise RunConfigError(f"model.{key} is missing in the model config {cfg.model.get('name', '?')!r}")
+    check_budget(cfg)
+    datasets = select_datasets(cfg.datasets)
+
+    limit = _number(cfg, "limit", integer=True, allow_none=True)
+    if limit is not None and limit < 1:
+        raise RunConfigError(f"limit={limit} must be >= 1 (or null for every sample)")
+    max_new = _number(cfg, "max_new_tokens", integer=True)
+    if max_new < 1:
+        raise RunConfigError(f"max_new_tokens={max_new} must be >= 1")
+    if cfg.on_error not in ON_ERROR:
+        raise RunConfigError(f"on_error={cfg.on_error!r}: expected raise or skip")
+
+    if cfg.batch_size == "auto":
+        batch_sizes = {d: catalog.get(d).batch_size for d in datasets}
+    else:
+        bs = _number(cfg, "batch_size", integer=True)
+        if bs < 1:
+            raise RunConfigError(f"batch_size={bs} must be >= 1 or 'auto'")
+        batch_sizes = {d: bs for d in datasets}
+
+    device = resolve_device(str(cfg.device))
+    dtype = resolve_dtype(str(cfg.dtype), device)
+
+    table = OmegaConf.to_container(cfg.ratios, resolve=True)
+    try:
+        ratios.validate(table, "ratios")
+    except ratios.RatioTableError as e:
+        raise RunConfigError(str(e)) from None
+    settings = {d: ratios.settings_for(table, d) for d in datasets}
+    for d in datasets:  # the method checks the values it takes (e.g. CSP's cross ratio)
+        try:
+            method.for_dataset(settings[d])
+        except ConfigError as e:
+            raise RunConfigError(f"method {method_name} on dataset {d}: {e}") from None
+
+    data_dir = Path(str(cfg.data_dir))
+    generate = False
+    if not data_dir.is_dir():
+        if data_dir.resolve() != DEFAULT_DATA_DIR.resolve():
+            raise RunConfigError(
+                f"data_dir={str(data_dir)!r} does not exist (only the default {DEFAULT_DATA_DIR} is "
+                "generated when absent)")
+        generate = True
+
+    run_name = cfg.run_name or derive_run_name(method_name, cfg, overrides)
+    if "/" in run_name or run_name in (".", ".."):
+        raise RunConfigError(f"run_name={run_name!r} must be a single folder name")
+    run_dir = Path(str(cfg.output_dir)) / str(cfg.model.name) / run_name
+    return RunPlan(datasets=datasets, data_dir=data_dir, generate_data=generate, run_name=run_name,
+                   run_dir=run_dir, batch_sizes=batch_sizes, dataset_settings=settings, limit=limit,
+                   max_new_tokens=max_new, on_error=str(cfg.on_error), device=device, dtype=dtype)
