@@ -1,0 +1,42 @@
+"""H2O (heavy hitters), one-shot at prefill as the CSP reference code runs it.
+
+Per head, a key's score is the softmax attention it receives from ALL prompt queries
+(causal), summed; keep the top `hh` of the keys [0, L - R) plus the last R.
+The original paper evicts step by step while decoding; that is not the reproduced baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from csp.attention import column_stats
+from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
+from csp.select import top_selected_plus_recent
+
+
+def heavy_hitter_scores(kv: LayerKV, chunk_size: int) -> Tensor:
+    """(kv_heads, L) column sums of every query's attention, over query chunks."""
+    return column_stats(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size).total
+
+
+def check_chunk_size(name: str, chunk_size: int) -> None:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"{name}: chunk_size={chunk_size!r} must be an integer >= 1")
+
+
+@dataclass
+class H2O(KVPruner):
+    """chunk_size: queries scored at a time; memory is kv_heads x chunk x L, never L x L."""
+
+    chunk_size: int = 512
+    name: ClassVar[str] = "h2o"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_chunk_size(self.name, self.chunk_size)
+
+    def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        scores = heavy_hitter_scores(kv, self.chunk_size)
+        return Selection(index=top_selected_plus_recent(scores, budget.selected, budget.recent))
