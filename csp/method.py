@@ -123,6 +123,8 @@ class KVPruner:
         return Budget(int(hh_ratio * length), int(self.recent_ratio * length))
 
     def should_prune(self, kv: LayerKV) -> bool:
+        if self.budget_tokens is None and self.budget >= 1.0:
+            return False  # int(0.9 * L) + int(0.1 * L) can fall one short of L
         if self.split_budget(kv.length).total >= kv.length:
             return False  # a prompt within the budget is kept whole
         return self.prune_text_only_prompts or bool(kv.visual.any())
