@@ -241,12 +241,15 @@ def run(
     method_name: str | None = None,
     overrides: Iterable[str] = (),
     generate_fn: GenerateFn | None = None,
+    load_adapter: Callable[..., Any] | None = None,
 ) -> Path:
     """Run the configured benchmark and return the run folder.
 
     method_name: the method's config name (`method=<name>`), used in the derived run name.
     overrides: the command-line overrides, so sweep jobs get distinct run names.
     generate_fn: the generation function; the engine's greedy decoding by default.
+    load_adapter: (model_cfg, dtype, device, attn_implementation) -> adapter;
+        `csp.models.adapter_from_config` by default.
     """
     method = instantiate_method(cfg.method)
     method_name = method_name or getattr(type(method), "name", type(method).__name__.lower())
@@ -270,10 +273,10 @@ def run(
                         generate=generate_fn)
         datasets = load_datasets(runner)
 
-        from csp.models import adapter_from_config
-
+        if load_adapter is None:
+            from csp.models import adapter_from_config as load_adapter
         t0 = time.perf_counter()
-        runner.adapter = adapter_from_config(cfg.model, plan.dtype, dist.device_for(plan.device),
+        runner.adapter = load_adapter(cfg.model, plan.dtype, dist.device_for(plan.device),
                                              str(cfg.attn_implementation))
         log.info("model %s loaded in %.1f s", cfg.model.name, time.perf_counter() - t0)
 

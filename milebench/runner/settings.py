@@ -192,7 +192,9 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
     data_dir = Path(str(cfg.data_dir))
     generate = False
     if not data_dir.is_dir():
-        if data_dir.resolve() != DEFAULT_DATA_DIR.resolve():
+        from milebench.synthetic import DEFAULT_DIR
+
+        if data_dir.resolve() not in (DEFAULT_DATA_DIR.resolve(), DEFAULT_DIR.resolve()):
             raise RunConfigError(
                 f"data_dir={str(data_dir)!r} does not exist (only the default {DEFAULT_DATA_DIR} is "
                 "generated when absent)")
