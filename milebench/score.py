@@ -1,0 +1,277 @@
+"""Score a run's predictions exactly as MileBench's evaluation does, and write its files.
+
+    python -m milebench.score RUN_DIR --data-dir DATA_DIR [--corrected] [--datasets A B ...]
+
+For every `RUN_DIR/<D>/pred.json` the gold is read from `DATA_DIR/<D>/<D>.json` (or the
+parquet form) and `eval.json`, `eval_score.json` and, for multiple choice,
+`pred_with_extracted.json` are written beside it in MileBench's formats. ROUGE-L datasets
+also get `eval_rouge_score.json` with Google's rouge-score ROUGE-L, an extra figure that
+never replaces the reference one. `--corrected` fixes the reference's quirks and writes the
+same files with a `_corrected` suffix, leaving the faithful ones untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from milebench import catalog
+from milebench.data import DatasetFile, load_dataset
+from milebench.metrics import (
+    gold_key,
+    match_choice,
+    needle_correct,
+    rouge_l,
+    rouge_l_google,
+    route,
+    substring_correct,
+)
+from milebench.normalize import normalize
+
+LEVELS = ("Few", "Medium", "Many")
+PRED_FILE = "pred.json"
+ADV_SUFFIX = "-adv"
+
+
+class ScoreError(ValueError):
+    """Predictions that cannot be scored; the message names the file, sample and field."""
+
+
+@dataclass
+class DatasetScore:
+    """One dataset's result; `value` is a fraction (tables multiply by 100)."""
+
+    dataset: str
+    metric: str  # "Accuracy" or "Rouge-L f", the key MileBench writes
+    value: float
+    levels: dict[str, list[float]]  # level -> [sum, count]
+    per_sample: list[tuple[int, float]]
+    extracted: list[str] | None = None  # multiple choice: the key each prediction resolved to
+    google_rouge_l: float | None = None
+    corrected: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def eval_json(self) -> dict[str, Any]:
+        return {
+            self.metric: self.value,
+            "image_quantity_level-Accuracy": {lv: s / n for lv, (s, n) in self.levels.items()},
+            "image_quantity_level-Result": self.levels,
+        }
+
+    def eval_score_json(self) -> list[dict[str, str]]:
+        return [{"id": str(sid), "score": str(score)} for sid, score in self.per_sample]
+
+
+# ---------------------------------------------------------------- predictions -----------
+
+def load_predictions(path: Path, dataset: DatasetFile) -> list[dict[str, Any]]:
+    """Read and check a pred.json against its dataset: one prediction per sample, no more."""
+    if not path.is_file():
+        raise ScoreError(f"{path}: prediction file not found")
+    try:
+        preds = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ScoreError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(preds, list):
+        raise ScoreError(f"{path}: must be a JSON list of predictions, got {type(preds).__name__}")
+    gold = {s.sample_id: s for s in dataset.samples}
+    seen: set[int] = set()
+    for i, p in enumerate(preds):
+        if not isinstance(p, dict):
+            raise ScoreError(f"{path}: entry [{i}] must be an object")
+        sid = p.get("sample_id")
+        if not isinstance(sid, int) or isinstance(sid, bool):
+            raise ScoreError(f"{path}: entry [{i}]: field 'sample_id' must be an integer, got {sid!r}")
+        where = f"{path}: sample {sid}"
+        if sid in seen:
+            raise ScoreError(f"{where}: field 'sample_id' is duplicated")
+        seen.add(sid)
+        if sid not in gold:
+            raise ScoreError(f"{where}: field 'sample_id' is not in dataset {dataset.name}")
+        if not isinstance(p.get("pred_response"), str):
+            raise ScoreError(f"{where}: field 'pred_response' must be a string, got {p.get('pred_response')!r}")
+        if "gt_response" in p and str(p["gt_response"]) != gold[sid].response:
+            raise ScoreError(f"{where}: field 'gt_response' {p['gt_response']!r} differs from the dataset's "
+                             f"response {gold[sid].response!r}: predictions made on other data?")
+    if len(preds) != len(dataset.samples):
+        missing = sorted(set(gold) - seen)
+        raise ScoreError(
+            f"{path}: {len(preds)} predictions but dataset {dataset.name} has {len(dataset.samples)} samples "
+            f"(missing sample ids: {_short(missing)}); exactly one prediction per sample is required")
+    return preds
+
+
+def _short(ids: Sequence[int], n: int = 10) -> str:
+    head = ", ".join(map(str, ids[:n]))
+    return head + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
+
+
+# ---------------------------------------------------------------- scoring ---------------
+
+def score_predictions(dataset: DatasetFile, preds: list[dict[str, Any]], *, corrected: bool = False,
+                      source: str = "") -> DatasetScore:
+    """Score checked predictions against a loaded dataset (no files touched)."""
+    info = catalog.get(dataset.name)
+    how = route(dataset.name, dataset.question_type)
+    gold = {s.sample_id: s for s in dataset.samples}
+    levels: dict[str, list[float]] = {}
+    per_sample: list[tuple[int, float]] = []
+    extracted: list[str] | None = [] if how == "choice" else None
+    google: list[float] = []
+    notes: list[str] = []
+    for p in preds:
+        sample = gold[p["sample_id"]]
+        where = f"{source}: sample {sample.sample_id}"
+        g = normalize(sample.response, corrected=corrected)
+        pr = normalize(p["pred_response"], corrected=corrected)
+        score: float
+        if how == "choice":
+            if sample.choices is None:
+                raise ScoreError(f"{where}: field 'choice_list' is missing in the dataset; cannot score a choice")
+            options = [normalize(c, corrected=corrected) for c in sample.choices]
+            key = gold_key(g, options)
+            got = match_choice(pr, options, corrected=corrected)
+            assert extracted is not None
+            extracted.append(got)
+            if key is None:
+                notes.append(f"{where}: gold {sample.response!r} is not among the choices; scored 0")
+            score = int(key is not None and got == key)
+        elif how == "needle":
+            score = int(needle_correct(pr, g))
+        elif how == "substring":
+            score = int(substring_correct(pr, g))
+        else:
+            try:
+                score = rouge_l(pr, g)
+            except ValueError as e:
+                raise ScoreError(f"{where}: field 'response': {e}") from None
+            google.append(rouge_l_google(pr, g))
+        per_sample.append((sample.sample_id, score))
+        acc = levels.setdefault(sample.image_quantity_level, [0, 0])
+        acc[0] += score
+        acc[1] += 1
+    ordered = {lv: levels[lv] for lv in LEVELS if lv in levels}
+    ordered.update({lv: v for lv, v in levels.items() if lv not in ordered})
+    value = sum(s for _, s in per_sample) / len(per_sample) if per_sample else 0.0
+    return DatasetScore(dataset=dataset.name, metric=info.metric, value=value, levels=ordered,
+                        per_sample=per_sample, extracted=extracted,
+                        google_rouge_l=sum(google) / len(google) if google else None,
+                        corrected=corrected, notes=notes)
+
+
+def output_names(corrected: bool) -> dict[str, str]:
+    """File names written beside pred.json; the corrected mode never reuses a faithful name."""
+    suffix = "_corrected" if corrected else ""
+    return {k: f"{k}{suffix}.json" for k in ("eval", "eval_score", "pred_with_extracted", "eval_rouge_score")}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic: a reader never sees half a file, even if scoring runs while tables are built."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=4, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dataset_of(folder_name: str) -> tuple[str, bool]:
+    """A run sub-folder's dataset name and whether it is the adversarial variant (`<D>-adv`)."""
+    if folder_name.endswith(ADV_SUFFIX) and folder_name[: -len(ADV_SUFFIX)] in catalog.BY_NAME:
+        return folder_name[: -len(ADV_SUFFIX)], True
+    return catalog.get(folder_name).name, False
+
+
+def score_dataset(pred_dir: Path | str, data_dir: Path | str, *, corrected: bool = False,
+                  write: bool = True) -> DatasetScore:
+    """Score `pred_dir/pred.json` (the folder is named after the dataset) and write the
+    result files beside it."""
+    pred_dir = Path(pred_dir)
+    name, adversarial = dataset_of(pred_dir.name)
+    dataset = load_dataset(data_dir, name, adversarial=adversarial, check_images=False)
+    pred_path = pred_dir / PRED_FILE
+    preds = load_predictions(pred_path, dataset)
+    result = score_predictions(dataset, preds, corrected=corrected, source=str(pred_path))
+    if write:
+        names = output_names(corrected)
+        _write_json(pred_dir / names["eval"], result.eval_json())
+        _write_json(pred_dir / names["eval_score"], result.eval_score_json())
+        if result.extracted is not None:
+            _write_json(pred_dir / names["pred_with_extracted"],
+                        [dict(p, extracted=x) for p, x in zip(preds, result.extracted)])
+        if result.google_rouge_l is not None:
+            _write_json(pred_dir / names["eval_rouge_score"], {
+                "Rouge-L f": result.google_rouge_l,
+                "implementation": "rouge-score (Google) rougeL, no stemming, on normalized text",
+            })
+    return result
+
+
+def run_datasets(run_dir: Path | str) -> list[Path]:
+    """The dataset folders of a run that hold predictions, in catalog order."""
+    run_dir = Path(run_dir)
+    found = [p.parent for p in run_dir.glob(f"*/{PRED_FILE}")]
+    order = {n: i for i, n in enumerate(catalog.NAMES)}
+
+    def rank(folder: Path) -> tuple[int, str]:
+        base = folder.name[: -len(ADV_SUFFIX)] if folder.name.endswith(ADV_SUFFIX) else folder.name
+        return order.get(base, len(order)), folder.name
+
+    return sorted(found, key=rank)
+
+
+def score_run(run_dir: Path | str, data_dir: Path | str, *, corrected: bool = False,
+              datasets: Sequence[str] | None = None) -> dict[str, DatasetScore]:
+    """Score every dataset folder of a run (or the named ones)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ScoreError(f"{run_dir}: run folder not found")
+    folders = run_datasets(run_dir)
+    if datasets is not None:
+        wanted = set(datasets)
+        for name in wanted:
+            if not (run_dir / name / PRED_FILE).is_file():
+                raise ScoreError(f"{run_dir / name / PRED_FILE}: prediction file not found")
+        folders = [f for f in folders if f.name in wanted]
+    if not folders:
+        raise ScoreError(f"{run_dir}: no <dataset>/{PRED_FILE} found")
+    results: dict[str, DatasetScore] = {}
+    for folder in tqdm(folders, desc="scoring", unit="dataset", disable=len(folders) < 2):
+        results[folder.name] = score_dataset(folder, data_dir, corrected=corrected)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m milebench.score", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path, help="folder holding <D>/pred.json for each dataset")
+    ap.add_argument("--data-dir", type=Path, required=True, help="MileBench data folder (<D>/<D>.json)")
+    ap.add_argument("--corrected", action="store_true",
+                    help="fix the reference's quirks; writes *_corrected.json, never the faithful files")
+    ap.add_argument("--datasets", nargs="+", help="score only these dataset folders")
+    args = ap.parse_args(argv)
+    try:
+        results = score_run(args.run_dir, args.data_dir, corrected=args.corrected, datasets=args.datasets)
+    except (ScoreError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    width = max(len(n) for n in results)
+    for name, r in results.items():
+        extra = f"   (rouge-score {100 * r.google_rouge_l:.2f})" if r.google_rouge_l is not None else ""
+        print(f"{name:<{width}}  {r.metric:<10} {100 * r.value:6.2f}{extra}")
+        for note in r.notes:
+            print(f"  note: {note}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
