@@ -176,10 +176,15 @@ def _read_parquet_form(files: list[Path], name: str) -> list[dict[str, Any]]:
     instruction and a null `choice_list` for open-ended sets."""
     import datasets
 
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # one bar per split would drown the runner's own bar
     try:
         ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     except Exception as e:  # pyarrow/datasets raise many types for a broken file
         raise DataError(f"{files[0]}: dataset {name}: cannot read the parquet file: {e}") from e
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     return list(ds)
 
 
