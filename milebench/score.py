@@ -185,6 +185,21 @@ def _write_json(path: Path, obj: Any) -> None:
         raise
 
 
+def write_result_files(folder: Path, preds: list[dict[str, Any]], result: DatasetScore) -> None:
+    """Write a scored dataset's files beside its pred.json (names from `output_names`)."""
+    names = output_names(result.corrected)
+    _write_json(folder / names["eval"], result.eval_json())
+    _write_json(folder / names["eval_score"], result.eval_score_json())
+    if result.extracted is not None:
+        _write_json(folder / names["pred_with_extracted"],
+                    [dict(p, extracted=x) for p, x in zip(preds, result.extracted)])
+    if result.google_rouge_l is not None:
+        _write_json(folder / names["eval_rouge_score"], {
+            "Rouge-L f": result.google_rouge_l,
+            "implementation": "rouge-score (Google) rougeL, no stemming, on normalized text",
+        })
+
+
 def dataset_of(folder_name: str) -> tuple[str, bool]:
     """A run sub-folder's dataset name and whether it is the adversarial variant (`<D>-adv`)."""
     if folder_name.endswith(ADV_SUFFIX) and folder_name[: -len(ADV_SUFFIX)] in catalog.BY_NAME:
@@ -203,17 +218,7 @@ def score_dataset(pred_dir: Path | str, data_dir: Path | str, *, corrected: bool
     preds = load_predictions(pred_path, dataset)
     result = score_predictions(dataset, preds, corrected=corrected, source=str(pred_path))
     if write:
-        names = output_names(corrected)
-        _write_json(pred_dir / names["eval"], result.eval_json())
-        _write_json(pred_dir / names["eval_score"], result.eval_score_json())
-        if result.extracted is not None:
-            _write_json(pred_dir / names["pred_with_extracted"],
-                        [dict(p, extracted=x) for p, x in zip(preds, result.extracted)])
-        if result.google_rouge_l is not None:
-            _write_json(pred_dir / names["eval_rouge_score"], {
-                "Rouge-L f": result.google_rouge_l,
-                "implementation": "rouge-score (Google) rougeL, no stemming, on normalized text",
-            })
+        write_result_files(pred_dir, preds, result)
     return result
 
 
