@@ -68,6 +68,8 @@ class LookM(KVPruner):
             always |= ~kv.visual.to(device=scores.device, dtype=torch.bool)
         kept = top_selected_plus_recent(scores, budget.selected, budget.recent, always=always)
         evicted = complement(kept, kv.length)
+        if kept.shape[1] == 0 or evicted.shape[1] == 0:
+            return Selection(index=kept)  # nothing to merge into, or nothing to merge
 
         pivot, similarity = cosine_pivots(kv.keys, kept, evicted, chunk=self.chunk_size)
         weight = similarity if self.merge == "weighted" else None
