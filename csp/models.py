@@ -354,6 +354,37 @@ def load_adapter(
     return ModelAdapter.from_model(model, processor, chat_template=chat_template)
 
 
+def check_model_config(
+    cfg_model: Mapping,
+    dtype: str = "float32",
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+) -> None:
+    """Every check on a ``configs/model/*.yaml`` entry that needs no model and no download."""
+    name = cfg_model.get("name", "<unnamed>")
+    family = cfg_model.get("family")
+    if not family:
+        raise ValueError(f"model config {name!r}: field 'family' is missing")
+    try:
+        _check_load_args(str(family), dtype, device, attn_implementation)
+        template = cfg_model.get("chat_template")
+        if template is not None:
+            _check_template_name(str(template))
+        tiny = cfg_model.get("tiny")
+        if tiny:
+            from csp.tiny import FAMILIES as TINY_FAMILIES
+
+            if tiny not in TINY_FAMILIES or tiny != family:
+                raise ValueError(f"field 'tiny' is {tiny!r}; expected the family name, one of {TINY_FAMILIES}")
+        else:
+            path = cfg_model.get("path")
+            if not path:
+                raise ValueError("field 'path' is empty and no 'tiny' family is given")
+            _check_path(str(path))
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"model config {name!r}: {err}") from None
+
+
 def adapter_from_config(
     cfg_model: Mapping,
     dtype: str = "float32",
@@ -365,27 +396,21 @@ def adapter_from_config(
     ``tiny: <family>`` (with ``path: null``) means the tiny checkpoint built on demand under
     models/; otherwise ``path`` is a local folder or a hub id.
     """
+    check_model_config(cfg_model, dtype, device, attn_implementation)
     name = cfg_model.get("name", "<unnamed>")
-    family = cfg_model.get("family")
-    if not family:
-        raise ValueError(f"model config {name!r}: field 'family' is missing")
-    tiny = cfg_model.get("tiny")
     path = cfg_model.get("path")
-    template = cfg_model.get("chat_template")
-    # Configuration checks first: nothing is built or loaded for a bad config.
-    _check_load_args(family, dtype, device, attn_implementation)
-    if not tiny:
-        if not path:
-            raise ValueError(f"model config {name!r}: field 'path' is empty and no 'tiny' family is given")
-        _check_path(str(path))
-    if template is not None:
-        _check_template_name(template)
+    tiny = cfg_model.get("tiny")
     if tiny:
         from csp.tiny import ensure_tiny_model
 
-        path = ensure_tiny_model(str(tiny), seed=int(cfg_model.get("seed", 0)))
+        path = ensure_tiny_model(str(tiny), seed=int(cfg_model.get("seed", 0) or 0))
     adapter = load_adapter(
-        family, str(path), dtype=dtype, device=device, attn_implementation=attn_implementation, chat_template=template
+        str(cfg_model["family"]),
+        str(path),
+        dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
+        chat_template=cfg_model.get("chat_template"),
     )
     expected = cfg_model.get("tokens_per_image")
     if expected is not None and int(expected) != adapter.tokens_per_image:
@@ -400,6 +425,7 @@ __all__: Sequence[str] = [
     "CHAT_TEMPLATES",
     "ModelAdapter",
     "adapter_from_config",
+    "check_model_config",
     "language_model",
     "load_adapter",
 ]
