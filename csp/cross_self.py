@@ -90,7 +90,7 @@ class CrossSelfPruner(KVPruner):
         logits = grouped_logits(q, kv.keys, kv.scaling, kv.length - window)
         attn = n_softmax(logits, self.n if self.score_fn == "nsoftmax" else 0.0, inplace=True)
         visual_q = kv.visual[-window:].to(attn.dtype)
-        from_visual = torch.einsum("hgwl,w->hl", attn, visual_q) / attn.shape[1]
+        from_visual = torch.matmul(visual_q, attn).mean(dim=1)  # (W,) @ (Hkv, g, W, L): no copy of attn
         from_all = attn.sum(dim=2).mean(dim=1)
         del attn
         s_self = torch.where(kv.visual, from_visual, from_all - from_visual)

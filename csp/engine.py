@@ -132,10 +132,11 @@ class PruningHooks:
         with torch.no_grad():
             for b in range(keys.shape[0]):
                 pos = self._real[b].nonzero().squeeze(-1)
+                real = _as_slice(pos, keys.shape[2])  # a view for the usual left padding, no copy
                 kv = LayerKV(
                     layer_idx=layer_idx,
-                    keys=keys[b, :, pos],
-                    values=values[b, :, pos],
+                    keys=keys[b, :, real],
+                    values=values[b, :, real],
                     visual=self._visual[b, pos],
                     scaling=float(module.scaling),
                     query_fn=self._query_fn(module, hidden[b], cos[b], sin[b], pos),
@@ -217,6 +218,14 @@ class PruningHooks:
             layer_masks=None if uniform else masks,
             kept=torch.stack([self._results[i].kept for i in layers]),
         )
+
+
+def _as_slice(pos: Tensor, padded_len: int) -> slice | Tensor:
+    """The real positions as a slice when they are the contiguous tail (left padding)."""
+    n = pos.numel()
+    if n and int(pos[0]) == padded_len - n:
+        return slice(padded_len - n, padded_len)
+    return pos
 
 
 def _left_pad(tensors: list[Tensor]) -> tuple[Tensor, int]:
