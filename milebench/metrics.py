@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 from rouge import Rouge
-from rouge_score import rouge_scorer
 
 from milebench.catalog import Scoring
 from milebench.normalize import normalize
@@ -138,7 +137,13 @@ def substring_correct(pred: str, gold: str) -> bool:
 
 
 _ROUGE = Rouge(metrics=["rouge-l"])
-_GOOGLE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+@lru_cache(maxsize=1)
+def _google_scorer():  # imported on first use: rouge-score pulls in nltk and scipy (seconds)
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 @contextlib.contextmanager
@@ -171,4 +176,4 @@ def rouge_l_google(pred: str, gold: str) -> float:
     normalized strings; offered beside, never instead of, the reference column."""
     if not pred:
         return 0.0
-    return float(_GOOGLE.score(gold, pred)["rougeL"].fmeasure)
+    return float(_google_scorer().score(gold, pred)["rougeL"].fmeasure)
