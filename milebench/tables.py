@@ -281,8 +281,7 @@ def table_frame(runs: Sequence[RunScores], table: str, columns: Sequence[str]) -
         base = {"model": m.model, "method": m.display, "budget": m.budget_label, "variant": m.variant,
                 "run": m.run_name}
         missing = [d for d in catalog.NAMES if d in needed and d not in run.scores]
-        ours = {**base, "row": "ours", **{c: tasks[c] for c in columns},
-                "missing": ", ".join(missing)}
+        ours = {**base, "row": "ours", **{c: tasks[c] for c in columns}, "missing": missing_label(missing)}
         rows.append(ours)
         paper = paper_row(m, table, papers)
         if paper is not None:
@@ -291,6 +290,19 @@ def table_frame(runs: Sequence[RunScores], table: str, columns: Sequence[str]) -
                          **{c: ours[c] - paper[c] if c in paper else float("nan") for c in columns},
                          "missing": ""})
     return pd.DataFrame(rows, columns=["model", "method", "budget", "variant", "run", "row", *columns, "missing"])
+
+
+def missing_label(missing: Sequence[str]) -> str:
+    """Missing datasets, a whole task group named once: "T-1 (all), ObjectShuffle"."""
+    gone = set(missing)
+    parts: list[str] = []
+    for group in catalog.GROUPS:
+        names = [d.name for d in catalog.in_group(group)]
+        if len(names) > 1 and all(n in gone for n in names):
+            parts.append(f"{group} (all)")
+        else:
+            parts += [n for n in names if n in gone]
+    return ", ".join(parts)
 
 
 def eval_score_frame(runs: Sequence[RunScores], which: str = "scores") -> pd.DataFrame:
@@ -315,8 +327,10 @@ def _metric_label(dataset: str, which: str) -> str:
             "substring": "accuracy (substring)"}[info.scoring]
 
 
-def to_markdown(df: pd.DataFrame, *, missing_text: str = "missing", signed_rows: str = "diff") -> str:
-    """A GitHub table; numbers to 1 decimal, 0.0 printed as 0.0, NaN as `missing_text`."""
+def to_markdown(df: pd.DataFrame, *, missing_text: str = "missing", signed_rows: str = "diff",
+                optional: Sequence[str] = tuple(ROUGE_SCORE_COLUMNS)) -> str:
+    """A GitHub table; numbers to 1 decimal, 0.0 printed as 0.0, NaN as `missing_text` (as "–"
+    in paper/diff rows and `optional` columns, where it means "not available")."""
     def cell(value: Any, signed: bool) -> str:
         if isinstance(value, float):
             if math.isnan(value):
@@ -328,9 +342,9 @@ def to_markdown(df: pd.DataFrame, *, missing_text: str = "missing", signed_rows:
     for _, row in df.iterrows():
         kind = row.get("row")
         cells = []
-        for v in row.tolist():
-            if isinstance(v, float) and math.isnan(v) and kind in ("paper", "diff"):
-                cells.append("–")  # not published, not a missing result of ours
+        for column, v in zip(df.columns, row.tolist()):
+            if isinstance(v, float) and math.isnan(v) and (kind in ("paper", "diff") or column in optional):
+                cells.append("–")  # not published / not computed; not a missing result of ours
             else:
                 cells.append(cell(v, kind == signed_rows and isinstance(v, float)))
         lines.append("| " + " | ".join(cells) + " |")

@@ -196,3 +196,9 @@ def test_scores_predictions_first_with_data_dir(tmp_path):
     assert df.set_index("dataset").loc["WebQA", "llava-1.5-7b / SnapKV / 0.2"] == pytest.approx(50.0)
     snap = rows(res / "table1.csv", row="ours").iloc[0]
     assert math.isnan(snap["S-1"]) and "TQA" in snap["missing"]
+
+
+def test_table1_names_whole_missing_groups(results):
+    lookm = rows(results / "table1.csv", model="internvl", run="lookm-a_b0.2", row="ours").iloc[0]
+    assert lookm["missing"] == "T-1 (all), T-3 (all), S-1 (all), S-2 (all), S-3 (all), nuscenes, NH (all)"
+    assert math.isnan(lookm["T-1"]) and lookm["T-2"] == pytest.approx(65.0)
