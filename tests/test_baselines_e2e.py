@@ -1,0 +1,78 @@
+"""Every baseline on the tiny LLaVA and the tiny InternVL, through the engine: it runs, keeping
+everything reproduces the full cache token for token, and a 0.2 budget really shrinks the cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from csp.generate import greedy_generate
+from csp.models import ModelAdapter
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
+BASELINES = ["h2o", "snapkv", "reco", "lookm-a", "lookm-w", "lookm-p", "lookm-tp-a", "lookm-tp-w", "lookm-tp-p"]
+NEW_TOKENS = 4
+
+
+def method_from_yaml(name: str, budget: float, recent_ratio: float = 0.1):
+    """The method as `method=<name> budget=<budget>` composes it: the YAML's interpolations
+    read the run's shared budget fields."""
+    cfg = OmegaConf.create({"budget": budget, "recent_ratio": recent_ratio, "budget_tokens": None,
+                            "method": OmegaConf.load(CONFIGS / f"{name}.yaml")})
+    return instantiate(cfg.method)
+
+
+def two_prompts(adapter: ModelAdapter):
+    """A left-padded batch: one image with a short question, two images with a longer one."""
+    images = [
+        [Image.new("RGB", (40, 30), (200, 30, 30))],
+        [Image.new("RGB", (30, 30), (0, 90, 200)), Image.new("RGB", (50, 20), (10, 200, 10))],
+    ]
+    prompts = [
+        adapter.format_prompt(f"Look at {adapter.image_token} and say what colour it is."),
+        adapter.format_prompt(f"Compare {adapter.image_token} with {adapter.image_token} please, in detail."),
+    ]
+    return adapter.encode(prompts, images)
+
+
+@pytest.fixture(scope="module", params=["tiny_llava", "tiny_internvl"])
+def model_and_full(request):
+    adapter = request.getfixturevalue(request.param)
+    inputs = two_prompts(adapter)
+    full = greedy_generate(adapter, inputs, None, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    return adapter, inputs, full
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_keep_everything_equals_full(model_and_full, name: str) -> None:
+    adapter, inputs, full = model_and_full
+    out = greedy_generate(adapter, inputs, method_from_yaml(name, budget=1.0),
+                          max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    assert out.tokens == full.tokens
+    assert out.kv_bytes == full.kv_bytes
+    assert out.kept_tokens == [float(n) for n in full.prompt_lengths]
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_budget_shrinks_the_cache(model_and_full, name: str) -> None:
+    adapter, inputs, full = model_and_full
+    method = method_from_yaml(name, budget=0.2)
+    out = greedy_generate(adapter, inputs, method, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    assert [len(t) for t in out.tokens] == [NEW_TOKENS, NEW_TOKENS]
+    assert out.prompt_lengths == full.prompt_lengths
+    assert out.kv_bytes < full.kv_bytes
+    for length, kept, ids in zip(full.prompt_lengths, out.kept_tokens, inputs["input_ids"]):
+        budget = method.split_budget(length)
+        if "tp" in name:  # every text token is kept: at least the budget, less than the prompt
+            assert budget.total <= kept < length
+        else:  # hh = int(0.1 L), R = int(0.1 L) in every layer and head
+            assert kept == budget.total == 2 * int(0.1 * length)
+    # the cache holds, per layer, the longest sample's kept entries (the batch is left-padded)
+    layers = len(adapter.attention_modules())
+    cfg = adapter.model.config.text_config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_entry = 2 * layers * cfg.num_key_value_heads * head_dim * 4  # keys + values, float32
+    assert out.kv_bytes == per_entry * len(inputs["input_ids"]) * int(max(out.kept_tokens))
