@@ -202,3 +202,15 @@ def test_table1_names_whole_missing_groups(results):
     lookm = rows(results / "table1.csv", model="internvl", run="lookm-a_b0.2", row="ours").iloc[0]
     assert lookm["missing"] == "T-1 (all), T-3 (all), S-1 (all), S-2 (all), S-3 (all), nuscenes, NH (all)"
     assert math.isnan(lookm["T-1"]) and lookm["T-2"] == pytest.approx(65.0)
+
+
+def test_corrected_scores_get_their_own_section(results):
+    folder = results / "llava-1.5-7b" / "full" / "WebQA"
+    (folder / "eval_corrected.json").write_text(json.dumps({"Accuracy": 0.625}))
+    assert eval_score.main(["--results", str(results)]) == 0
+    text = (results / "eval_score.md").read_text()
+    main_part, corrected = text.split("## Corrected mode")
+    row = next(s for s in corrected.splitlines() if s.startswith("| WebQA |"))
+    assert "62.5" in row
+    assert "62.5" not in main_part  # the faithful table keeps the faithful 60.0
+    assert rows(results / "eval_score.csv").set_index("dataset").loc["WebQA", "llava-1.5-7b / Full Cache / full"] == 60.0
