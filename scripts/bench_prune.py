@@ -3,6 +3,7 @@ against transformers' `generate`.
 
     python scripts/bench_prune.py                          # CSP, LLaVA-1.5-7B layer shapes, L = 4096
     python scripts/bench_prune.py --methods csp,h2o,snapkv --length 2048 --repeats 5
+    python scripts/bench_prune.py --methods all --skip-decode   # every method of Table 1
 
 Part 1 builds one LlamaDecoderLayer with random weights and the 7B shapes (hidden 4096,
 32 heads, head dim 128; weights do not change cost), runs its prefill on L tokens of which a
@@ -37,6 +38,14 @@ def build_method(name: str, budget: float, recent_ratio: float):
                             "method": OmegaConf.load(CONFIGS / f"{name}.yaml")})
     method = instantiate(cfg.method)
     return method.for_dataset({"cross_ratio": 0.5, "bias": 1.0})
+
+
+def method_names(spec: str) -> list[str]:
+    """`all` = every pruning method with a config (CSP first, then the baselines), else a list."""
+    if spec != "all":
+        return spec.split(",")
+    names = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in ("full", "csp"))
+    return ["csp", *names]
 
 
 def median_time(fn, repeats: int) -> float:
@@ -88,10 +97,14 @@ def bench_layer(args) -> None:
     print(f"\n## One decoder layer, LLaVA-1.5-7B shapes, L = {length} ({n_img} image tokens), CPU, "
           f"{torch.get_num_threads()} threads")
     print(f"layer prefill (median of {args.repeats}): {t_prefill * 1e3:.1f} ms")
-    print(f"memory bound 2 x heads x window x L x 4 B = {bound / 2**20:.1f} MiB\n")
+    print(f"memory bound 2 x heads x window x L x 4 B = {bound / 2**20:.1f} MiB")
+    chunk = 512
+    print(f"all-query methods (chunk {chunk}): heads x chunk x L x 4 B = "
+          f"{cfg.num_attention_heads * chunk * length * 4 / 2**20:.1f} MiB per score tensor; "
+          f"heads x L x L x 4 B would be {cfg.num_attention_heads * length * length * 4 / 2**20:.1f} MiB\n")
     print("| method | prune time (ms) | share of layer prefill | peak extra memory (MiB) | kept per head |")
     print("|---|---|---|---|---|")
-    for name in args.methods.split(","):
+    for name in method_names(args.methods):
         method = build_method(name, args.budget, args.recent_ratio)
         hooks = PruningHooks([layer.self_attn], method, input_ids, mask, image_token)
 
@@ -157,7 +170,8 @@ def bench_decode(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="csp", help="comma-separated names of configs/method/*.yaml")
+    p.add_argument("--methods", default="csp",
+                   help="comma-separated names of configs/method/*.yaml, or `all`")
     p.add_argument("--length", type=int, default=4096)
     p.add_argument("--visual-share", type=float, default=0.85, help="share of the prompt that is image tokens")
     p.add_argument("--budget", type=float, default=0.2)
