@@ -8,6 +8,7 @@ path differs.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,16 @@ class ImageOnlyInternVLProcessor(InternVLProcessor):
         out = super().to_dict()
         out["processor_class"] = InternVLProcessor.__name__
         return out
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        tokenizer_config = Path(save_directory) / "tokenizer_config.json"
+        data = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+        if data.get("processor_class") == type(self).__name__:
+            data["processor_class"] = InternVLProcessor.__name__
+            text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+            tokenizer_config.write_text(text, encoding="utf-8")
+        return result
 
 
 @dataclass(frozen=True)

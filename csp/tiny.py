@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO_ROOT / "models"
 FAMILIES = ("llava", "internvl")
 # Bump when the recipe changes so stale folders under models/ are rebuilt, not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 RECIPE_FILE = "tiny_recipe.json"
 VOCAB_SIZE = 1024
 

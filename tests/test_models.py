@@ -266,3 +266,22 @@ def test_bad_arguments_fail_before_loading(monkeypatch, tiny_llava_path: Path, k
 def test_a_folder_without_a_checkpoint_is_named(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         load_adapter("llava", str(tmp_path))
+
+
+def test_a_plain_clip_image_processor_is_replaced_by_the_padding_one(tmp_path: Path):
+    """Real -hf LLaVA checkpoints ship a CLIPImageProcessor (centre crop, no padding)."""
+    folder = build_tiny_model("llava", tmp_path / "clip", seed=0)
+    config_file = folder / "processor_config.json"
+    config = json.loads(config_file.read_text())
+    config["image_processor"]["image_processor_type"] = "CLIPImageProcessor"
+    del config["image_processor"]["do_pad"]
+    config_file.write_text(json.dumps(config))
+    adapter = load_adapter("llava", str(folder))
+    ip = adapter.processor.image_processor
+    assert ip.do_pad is True and type(ip).__name__.startswith("LlavaImageProcessor")
+    assert ip.crop_size["height"] == 56 and list(ip.image_mean) == config["image_processor"]["image_mean"]
+    wide = solid(112, 56, (250, 0, 0))
+    got = adapter.encode(["<image>"], [[wide]])["pixel_values"][0]
+    # Top-left is background (mean colour), not the red image a centre crop would show.
+    expected = (int(ip.image_mean[0] * 255) / 255 - ip.image_mean[0]) / ip.image_std[0]
+    assert got[0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
