@@ -83,6 +83,10 @@ def test_images_dropped_from_the_front(tokenizer):
     p = build(tokenizer, sample(), 61)
     assert p.question == f"{INSTR}\n<ImageHere>{C}<ImageHere>{Q}"
     assert p.images == IMAGES[1:]
+    # budget 23: Q 7, and 7 + 16 = 23 still fits: image 3 is kept exactly at the limit
+    p = build(tokenizer, sample(), 29)
+    assert p.question == f"{INSTR}\n<ImageHere>{Q}"
+    assert p.images == IMAGES[2:]
     # budget 22: Q 7, then 7 + 16 > 22 -> no image at all
     p = build(tokenizer, sample(), 28)
     assert p.question == f"{INSTR}\n{Q}"
