@@ -258,3 +258,48 @@ def test_reco_statistics_by_hand() -> None:
     sq = [1.348125 / 6, 0.348125 / 5, 0.285625 / 4, 1.000625 / 3, 0.01, 0.01]
     want = [math.sqrt(max(s - m * m, 0.0)) for s, m in zip(sq, mean[0].tolist())]
     assert torch.allclose(std[0], torch.tensor(want), atol=1e-3)
+
+
+# ---------------------------------------------------------------- configs
+def test_every_baseline_config_follows_the_shared_budget() -> None:
+    """`method=<name> budget=.. recent_ratio=..` composes, and the one override reaches every method."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    expected = {
+        "h2o": (H2O, {}), "snapkv": (SnapKV, {"kernel": 5, "pooling": "avg", "window": None}),
+        "reco": (ReCo, {"sinks": 4, "std_pool_ratio": 0.1}),
+        "lookm-a": (LookM, {"merge": "average", "text_prior": False}),
+        "lookm-w": (LookM, {"merge": "weighted", "text_prior": False}),
+        "lookm-p": (LookM, {"merge": "pivotal", "text_prior": False}),
+        "lookm-tp-a": (LookM, {"merge": "average", "text_prior": True}),
+        "lookm-tp-w": (LookM, {"merge": "weighted", "text_prior": True}),
+        "lookm-tp-p": (LookM, {"merge": "pivotal", "text_prior": True}),
+    }
+    with initialize_config_dir(str(configs), version_base="1.3"):
+        for name, (cls, fields) in expected.items():
+            cfg = compose("config", overrides=[f"method={name}", "budget=0.3", "recent_ratio=0.05"])
+            method = instantiate(cfg.method)
+            assert type(method) is cls, name
+            assert (method.budget, method.recent_ratio, method.budget_tokens) == (0.3, 0.05, None), name
+            assert method.split_budget(100) == Budget(25, 5), name
+            for field, value in fields.items():
+                assert getattr(method, field) == value, (name, field)
+            cfg = compose("config", overrides=[f"method={name}", "budget_tokens=64"])
+            assert instantiate(cfg.method).split_budget(1000) == Budget(32, 32), name
+
+
+def test_snapkv_grouped_query_heads_are_averaged() -> None:
+    # two query heads share one KV head; kernel 1, window 2 (q6, q7), hh 1:
+    #   head A (EIGHT): votes j0 .15 ... j2 .40 ... j5 .50
+    #   head B: q6 [1 1 1 1 1 1 4]/10, q7 [1 1 26 1 1 1 1 1]/33 -> j2 .1 + .7879, j5 .1 + .0303
+    #   averaged: j2 (.40 + .8879)/2 = .644 > j5 (.50 + .1303)/2 = .315 -> keep j2
+    # (head A alone keeps j5)
+    head_b = EIGHT[:7] + [[1, 1, 26, 1, 1, 1, 1, 1]]
+    q = torch.cat([weighted_queries(EIGHT), weighted_queries(head_b)])
+    kv = layer_kv(q, torch.eye(8).unsqueeze(0))
+    assert SnapKV(kernel=1).select(kv, Budget(1, 2)).index.tolist() == [[2, 6, 7]]
+    assert SnapKV(kernel=1).select(eight_kv(), Budget(1, 2)).index.tolist() == [[5, 6, 7]]
