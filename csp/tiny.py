@@ -251,8 +251,9 @@ def build_llava(seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcesso
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream alone
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -311,8 +312,9 @@ def build_internvl(seed: int) -> tuple[InternVLForConditionalGeneration, InternV
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(config).eval()
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream alone
+        torch.manual_seed(seed)
+        model = InternVLForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -351,6 +353,7 @@ def build_tiny_model(family: str, out: Path, seed: int = 0) -> Path:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / RECIPE_FILE).write_text(json.dumps(_recipe(family, seed), sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
         if out.exists() and not _is_current(out, family, seed):
             # A folder from an older recipe or another seed: move it aside, then install ours.
             stale = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale-", dir=out.parent))

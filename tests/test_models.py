@@ -285,3 +285,25 @@ def test_a_plain_clip_image_processor_is_replaced_by_the_padding_one(tmp_path: P
     # Top-left is background (mean colour), not the red image a centre crop would show.
     expected = (int(ip.image_mean[0] * 255) / 255 - ip.image_mean[0]) / ip.image_std[0]
     assert got[0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_builder_that_loses_the_race_keeps_the_winners_folder(tmp_path: Path):
+    winner = build_tiny_model("internvl", tmp_path / "tiny-internvl", seed=0)
+    stamp = (winner / "model.safetensors").stat().st_mtime_ns
+    assert build_tiny_model("internvl", tmp_path / "tiny-internvl", seed=0) == winner
+    assert (winner / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-internvl"]
+
+
+def test_building_leaves_the_callers_random_stream_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    BUILDERS["llava"](7)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(tiny_llava_path: Path):
+    with pytest.raises(ValueError, match="device 'cuda' requested but CUDA is not available"):
+        load_adapter("llava", str(tiny_llava_path), device="cuda")
