@@ -28,16 +28,10 @@ IMAGES = ["v/1.jpg", "v/2.jpg", "v/3.png"]
 
 
 @pytest.fixture(scope="module")
-def tokenizer(request):
+def tokenizer(tiny_llava_path):
     from transformers import AutoTokenizer
 
-    try:
-        path = request.getfixturevalue("tiny_llava_path")
-    except pytest.FixtureLookupError:
-        from csp.tiny import ensure_tiny_model
-
-        path = ensure_tiny_model("llava")
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(tiny_llava_path)
 
 
 def sample(context=CONTEXT, images=IMAGES, choices=None, instruction=INSTR, dataset="ALFRED", combined=()):

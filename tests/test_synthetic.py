@@ -14,7 +14,16 @@ from milebench.data import load_dataset
 from milebench.prompt import build_prompt
 from milebench.synthetic import DEFAULT_SAMPLES, MARKER_FILE, PARQUET_DIR, ensure_synthetic, generate, main
 
-TINY_MAX_LEN, TINY_TPI = 1024, 16  # the tiny LLaVA's budget: 56 px images, 14 px patches
+
+def _tiny_budget() -> tuple[int, int]:
+    """max_context_len and tokens_per_image of the tiny LLaVA, as its model config sets them."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "model" / "tiny-llava.yaml")
+    return int(cfg.max_context_len), int(cfg.tokens_per_image)
+
+
+TINY_MAX_LEN, TINY_TPI = _tiny_budget()
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +32,10 @@ def copy_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(request):
+def tokenizer(tiny_llava_path):
     from transformers import AutoTokenizer
 
-    try:
-        path = request.getfixturevalue("tiny_llava_path")
-    except pytest.FixtureLookupError:
-        from csp.tiny import ensure_tiny_model
-
-        path = ensure_tiny_model("llava")
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(tiny_llava_path)
 
 
 @pytest.fixture(scope="module")
