@@ -458,23 +458,35 @@ def generate(out: Path | str, samples: int = DEFAULT_SAMPLES, seed: int = 0, pro
 
 
 def ensure_synthetic(data_dir: Path | str = DEFAULT_DIR, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> Path:
-    """Return `data_dir`, generating it first when absent. Built in a temporary sibling and
-    renamed into place, so concurrent callers never see a half-written copy."""
+    """Return `data_dir`, generating it first when absent, or rebuilding it when it is a
+    generated copy made with other parameters or an older generator. A folder without the
+    marker file is someone's own data and is never touched. The copy is built in a temporary
+    sibling and renamed into place, so concurrent callers never see a half-written copy."""
     data_dir = Path(data_dir)
+    wanted = {"generator_version": GENERATOR_VERSION, "samples": samples, "seed": seed}
+    marker = data_dir / MARKER_FILE
     if data_dir.exists():
-        return data_dir
+        if not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) == wanted:
+            return data_dir
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.tmp-", dir=data_dir.parent))
+    stale = data_dir.parent / f"{tmp.name}-stale"
     try:
         generate(tmp, samples=samples, seed=seed, progress=False)
+        if data_dir.exists():
+            try:
+                os.replace(data_dir, stale)
+            except OSError:
+                pass  # another process is already swapping it
         try:
             os.replace(tmp, data_dir)
         except OSError:
             if not data_dir.exists():  # a real failure, not a lost race
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, stale):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return data_dir
 
 

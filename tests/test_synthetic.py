@@ -126,8 +126,19 @@ def test_ensure_synthetic_generates_once_atomically(tmp_path, monkeypatch):
     assert [p.name for p in target.parent.iterdir()] == ["milebench-synthetic"]  # no temp folder left
     import milebench.synthetic as syn
 
+    real_generate = syn.generate
     monkeypatch.setattr(syn, "generate", lambda *a, **k: pytest.fail("regenerated an existing copy"))
     assert ensure_synthetic(target, samples=1) == target
+    # a copy made with other parameters is rebuilt in place
+    monkeypatch.setattr(syn, "generate", real_generate)
+    ensure_synthetic(target, samples=2, seed=0)
+    assert json.loads((target / MARKER_FILE).read_text())["samples"] == 2
+    assert len(load_dataset(target, "GPR1200").samples) == 2
+    assert [p.name for p in target.parent.iterdir()] == ["milebench-synthetic"]
+    # a folder without the marker is a user's own data: left alone
+    own = tmp_path / "own"
+    own.mkdir()
+    assert ensure_synthetic(own) == own and not any(own.iterdir())
 
 
 def test_command_line(tmp_path, capsys):
