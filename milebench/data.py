@@ -120,7 +120,8 @@ def load_dataset(
 
     if not raw:
         raise DataError(f"{source}: dataset {name} has an empty 'data' list")
-    samples = [_to_sample(rec, i, name, question_type, source) for i, rec in enumerate(raw)]
+    samples = [_to_sample(rec, i, name, question_type, source, json_form=source == jpath)
+               for i, rec in enumerate(raw)]
     seen: set[int] = set()
     for s in samples:
         if s.sample_id in seen:
@@ -210,7 +211,8 @@ def _str_list(obj: dict[str, Any], key: str, where: str) -> list[str]:
     return list(value)
 
 
-def _to_sample(rec: dict[str, Any], index: int, name: str, question_type: str, source: Path) -> Sample:
+def _to_sample(rec: dict[str, Any], index: int, name: str, question_type: str, source: Path,
+               json_form: bool) -> Sample:
     where = f"{source}: dataset {name}, data[{index}]"
     sid = _field(rec, "sample_id", int, where)
     where = f"{source}: dataset {name}, sample {sid}"
@@ -244,7 +246,7 @@ def _to_sample(rec: dict[str, Any], index: int, name: str, question_type: str, s
         level = _field(rec, "image_quantity_level", str, where)
         if level not in LEVELS:
             raise DataError(f"{where}: field 'image_quantity_level' must be one of {LEVELS}, not {level!r}")
-    elif "task_instruction_id" in rec:  # JSON form: the field is part of the format
+    elif json_form:  # the field is part of the on-disk format
         raise DataError(f"{where}: required field 'image_quantity_level' is missing")
     else:  # the Hub parquet form does not carry it; MileBench's buckets give it back
         level = catalog.image_quantity_level(len(images))

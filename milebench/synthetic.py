@@ -12,7 +12,6 @@ the Hub parquet form. The copy is a pure function of (samples, seed): byte-ident
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
