@@ -332,9 +332,9 @@ def _ensure_square_padding(family: str, processor: ProcessorMixin, path: str) ->
     current = processor.image_processor
     if getattr(current, "do_pad", False) and hasattr(current, "pad_to_square"):
         return
-    from csp.tiny import _llava_image_processor_class
+    from csp.tiny import llava_image_processor_class
 
-    processor.image_processor = _llava_image_processor_class().from_pretrained(path, do_pad=True)
+    processor.image_processor = llava_image_processor_class().from_pretrained(path, do_pad=True)
 
 
 def load_adapter(

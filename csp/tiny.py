@@ -169,7 +169,7 @@ def build_internvl_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _llava_image_processor_class():
+def llava_image_processor_class():
     """The torchvision-backed class when available, else the PIL one (same behaviour)."""
     try:
         import torchvision  # noqa: F401
@@ -179,7 +179,7 @@ def _llava_image_processor_class():
     return cls
 
 
-def _got_ocr2_image_processor_class():
+def got_ocr2_image_processor_class():
     try:
         import torchvision  # noqa: F401
         from transformers import GotOcr2ImageProcessor as cls
@@ -203,7 +203,7 @@ def build_llava(seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcesso
     tokenizer = build_llava_tokenizer()
     image_size, patch = 56, 14
     tokens_per_image = (image_size // patch) ** 2
-    image_processor = _llava_image_processor_class()(
+    image_processor = llava_image_processor_class()(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=list(OPENAI_CLIP_MEAN),
@@ -267,7 +267,7 @@ def build_internvl(seed: int) -> tuple[InternVLForConditionalGeneration, InternV
     tokenizer = build_internvl_tokenizer()
     image_size, patch, downsample = 112, 14, 0.5
     tokens_per_image = int((image_size // patch) ** 2 * downsample**2)
-    image_processor = _got_ocr2_image_processor_class()(
+    image_processor = got_ocr2_image_processor_class()(
         size={"height": image_size, "width": image_size},
         image_mean=list(OPENAI_CLIP_MEAN),
         image_std=list(OPENAI_CLIP_STD),
