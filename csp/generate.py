@@ -69,6 +69,42 @@ def decode_step(model, tokens: Tensor, cache, attention_mask: Tensor, positions:
     return out.logits[:, -1]
 
 
+class Decoder:
+    """Decoding state after a prefill: feeds one token per sample at its true position.
+
+    Owns the slot mask of the pruned cache (extended by one entry per step) and, for ragged
+    layouts, the per-layer mask hooks; use as a context manager so those hooks are removed.
+    """
+
+    def __init__(self, adapter, inputs: Mapping[str, Tensor], method: KVPruner | None, evict: Evict = "drop"):
+        self.model = adapter.model
+        self.logits, self.cache, self.layout = prefill(adapter, inputs, method, evict)
+        self.kv_bytes = cache_bytes(self.cache)
+        self.steps = 0
+        self._slots = self.layout.slot_mask.long()
+        self._mask_hooks = (
+            LayerMaskHooks(adapter.attention_modules(), self.layout.layer_masks) if self.layout.ragged else None
+        )
+
+    def __enter__(self) -> "Decoder":
+        if self._mask_hooks:
+            self._mask_hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._mask_hooks:
+            self._mask_hooks.__exit__(*exc)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Append `tokens` (B,) to the cache and return the next logits (B, V)."""
+        if self._mask_hooks:
+            self._mask_hooks.generated = self.steps
+        mask = torch.cat([self._slots, self._slots.new_ones(len(tokens), self.steps + 1)], dim=-1)
+        self.logits = decode_step(self.model, tokens, self.cache, mask, self.layout.prompt_lengths + self.steps)
+        self.steps += 1
+        return self.logits
+
+
 @torch.inference_mode()
 def greedy_generate(
     adapter,
@@ -86,19 +122,12 @@ def greedy_generate(
     """
     if max_new_tokens < 1 or min_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1 and min_new_tokens={min_new_tokens} >= 0")
-    model = adapter.model
     eos = torch.tensor(sorted(set(adapter.eos_token_ids)), device=inputs["input_ids"].device)
-    logits, cache, layout = prefill(adapter, inputs, method, evict)
-    kv_bytes = cache_bytes(cache)
-    batch = logits.shape[0]
-    device = logits.device
-    slot_mask = layout.slot_mask.long()
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    mask_hooks = LayerMaskHooks(adapter.attention_modules(), layout.layer_masks) if layout.ragged else None
-    try:
-        if mask_hooks:
-            mask_hooks.__enter__()
+    with Decoder(adapter, inputs, method, evict) as dec:
+        logits = dec.logits
+        batch = logits.shape[0]
+        finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
+        tokens: list[list[int]] = [[] for _ in range(batch)]
         for step in range(max_new_tokens):
             if step < min_new_tokens:
                 logits[:, eos] = float("-inf")
@@ -108,17 +137,10 @@ def greedy_generate(
                 tokens[b].append(int(nxt[b]))
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
-            nxt = nxt.masked_fill(finished, adapter.pad_token_id)
-            if mask_hooks:
-                mask_hooks.generated = step
-            mask = torch.cat([slot_mask, slot_mask.new_ones(batch, step + 1)], dim=-1)
-            logits = decode_step(model, nxt, cache, mask, layout.prompt_lengths + step)
-    finally:
-        if mask_hooks:
-            mask_hooks.__exit__(None, None, None)
+            logits = dec.step(nxt.masked_fill(finished, adapter.pad_token_id))
     return GenerationOutput(
         tokens=tokens,
-        prompt_lengths=layout.prompt_lengths.tolist(),
-        kv_bytes=kv_bytes,
-        kept_tokens=layout.kept.float().mean(0).tolist(),
+        prompt_lengths=dec.layout.prompt_lengths.tolist(),
+        kv_bytes=dec.kv_bytes,
+        kept_tokens=dec.layout.kept.float().mean(0).tolist(),
     )
