@@ -21,7 +21,7 @@ from csp.method import ConfigError
 from milebench.data import DataError, DatasetFile, Sample, load_dataset
 from milebench.runner import dist as dist_mod
 from milebench.runner.scoring import score_folder
-from milebench.runner.settings import RunConfigError, RunPlan, fingerprint, make_plan
+from milebench.runner.settings import RunConfigError, RunPlan, check_budget, fingerprint, make_plan
 from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines, write_atomic
 
 log = logging.getLogger("milebench.run")
@@ -251,6 +251,7 @@ def run(
     load_adapter: (model_cfg, dtype, device, attn_implementation) -> adapter;
         `csp.models.adapter_from_config` by default.
     """
+    check_budget(cfg)  # the top-level fields every method interpolates, named as the user wrote them
     method = instantiate_method(cfg.method)
     method_name = method_name or getattr(type(method), "name", type(method).__name__.lower())
     plan = make_plan(cfg, method, method_name, list(overrides))

@@ -21,6 +21,7 @@ from milebench.runner import ratios
 DEFAULT_DATA_DIR = Path("data/milebench-synthetic")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("raise", "skip")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Fields that may change between two runs into the same run folder: they select which
 # samples run, or where, but never change a prediction. Every other field must match.
@@ -146,14 +147,37 @@ def fingerprint(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in RESUMABLE_FIELDS and k != "hydra"}
 
 
+def check_model(model: DictConfig, attn_implementation: str) -> None:
+    """What can be known about a model config without loading it."""
+    name = model.get("name")
+    for key in ("name", "family", "max_context_len"):
+        if model.get(key) in (None, ""):
+            raise RunConfigError(f"model config {name!r}: field {key!r} is missing")
+    from csp.models import FAMILIES, MOBILEVLM_REFUSAL
+
+    family = str(model.family)
+    if family not in FAMILIES:
+        if family.startswith("mobilevlm"):
+            raise RunConfigError(f"model config {name!r}: {MOBILEVLM_REFUSAL}")
+        raise RunConfigError(f"model config {name!r}: unknown family {family!r}; supported: {', '.join(FAMILIES)}")
+    if not model.get("tiny"):
+        path = model.get("path")
+        if not path:
+            raise RunConfigError(f"model config {name!r}: field 'path' is empty (and no 'tiny' family is given)")
+        local = str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1
+        if local and not Path(str(path)).expanduser().exists():
+            raise RunConfigError(f"model.path={str(path)!r} does not exist (and is not a hub id owner/name)")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise RunConfigError(
+            f"attn_implementation={attn_implementation!r}: expected one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+
+
 def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequence[str] = ()) -> RunPlan:
     """Validate every top-level field and the method's per-dataset settings; no model, no data read."""
     for key in ("model", "method", "ratios"):
         if not isinstance(cfg.get(key), DictConfig):
             raise RunConfigError(f"config group {key!r} is missing: choose one with `{key}=<name>`")
-    for key in ("name", "path"):
-        if not cfg.model.get(key):
-            raise RunConfigError(f"model.{key} is missing in the model config {cfg.model.get('name', '?')!r}")
+    check_model(cfg.model, str(cfg.attn_implementation))
     check_budget(cfg)
     datasets = select_datasets(cfg.datasets)
 
