@@ -101,8 +101,18 @@ class Runner:
     method_name: str
     dist: dist_mod.Dist
     generate: GenerateFn
+    load_adapter: Callable[..., Any]
     adapter: Any = None
     errors: JsonlAppender | None = None
+
+    def ensure_model(self) -> None:
+        """Load the model on first use: a rerun with nothing left to do never loads it."""
+        if self.adapter is not None:
+            return
+        t0 = time.perf_counter()
+        self.adapter = self.load_adapter(self.cfg.model, self.plan.dtype, self.dist.device_for(self.plan.device),
+                                         str(self.cfg.attn_implementation))
+        log.info("model %s loaded in %.1f s", self.cfg.model.name, time.perf_counter() - t0)
 
     # -- errors ----------------------------------------------------------------------------
     def fail(self, dataset: str, sample_id: int | None, err: Exception) -> None:
@@ -147,6 +157,7 @@ class Runner:
 
     def run_batch(self, dataset: DatasetFile, batch: list[Sample], done: dict[int, Any], method: Any,
                   gen_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        self.ensure_model()
         ready = self.prepare(dataset, batch)
         if not ready:
             return []
@@ -270,16 +281,11 @@ def run(
             write_atomic(plan.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(resolved)))
         if generate_fn is None:
             from csp.generate import greedy_generate as generate_fn
-        runner = Runner(cfg=cfg, plan=plan, method=method, method_name=method_name, dist=dist,
-                        generate=generate_fn)
-        datasets = load_datasets(runner)
-
         if load_adapter is None:
             from csp.models import adapter_from_config as load_adapter
-        t0 = time.perf_counter()
-        runner.adapter = load_adapter(cfg.model, plan.dtype, dist.device_for(plan.device),
-                                             str(cfg.attn_implementation))
-        log.info("model %s loaded in %.1f s", cfg.model.name, time.perf_counter() - t0)
+        runner = Runner(cfg=cfg, plan=plan, method=method, method_name=method_name, dist=dist,
+                        generate=generate_fn, load_adapter=load_adapter)
+        datasets = load_datasets(runner)
 
         total = 0
         for d in datasets:

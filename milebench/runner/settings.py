@@ -29,8 +29,7 @@ RESUMABLE_FIELDS = ("datasets", "limit", "output_dir", "run_name", "on_error", "
 
 # Overrides that name a run differently when `run_name` is not given (sweeps over them
 # must not share a folder); keys are matched by prefix.
-NAMING_OVERRIDES = ("method.", "recent_ratio", "budget_tokens", "ratios", "adversarial", "combine_image",
-                    "max_new_tokens")
+NAMING_OVERRIDES = ("method.", "recent_ratio", "budget_tokens", "ratios", "adversarial", "combine_image")
 
 
 class RunConfigError(ConfigError):
@@ -41,7 +40,7 @@ class RunConfigError(ConfigError):
 class RunPlan:
     datasets: tuple[str, ...]
     data_dir: Path
-    generate_data: bool  # the default synthetic copy is absent and will be generated
+    generate_data: bool  # the default generated copy: (re)built when absent or stale
     run_name: str
     run_dir: Path
     batch_sizes: Mapping[str, int]
@@ -214,20 +213,18 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
             raise RunConfigError(f"method {method_name} on dataset {d}: {e}") from None
 
     data_dir = Path(str(cfg.data_dir))
-    generate = False
-    if not data_dir.is_dir():
-        from milebench.synthetic import DEFAULT_DIR
+    from milebench.synthetic import DEFAULT_DIR
 
-        if data_dir.resolve() not in (DEFAULT_DATA_DIR.resolve(), DEFAULT_DIR.resolve()):
-            raise RunConfigError(
-                f"data_dir={str(data_dir)!r} does not exist (only the default {DEFAULT_DATA_DIR} is "
-                "generated when absent)")
-        generate = True
+    is_default = data_dir.resolve() in (DEFAULT_DATA_DIR.resolve(), DEFAULT_DIR.resolve())
+    if not data_dir.is_dir() and not is_default:
+        raise RunConfigError(
+            f"data_dir={str(data_dir)!r} does not exist (only the default {DEFAULT_DATA_DIR} is "
+            "generated when absent)")
 
     run_name = cfg.run_name or derive_run_name(method_name, cfg, overrides)
     if "/" in run_name or run_name in (".", ".."):
         raise RunConfigError(f"run_name={run_name!r} must be a single folder name")
     run_dir = Path(str(cfg.output_dir)) / str(cfg.model.name) / run_name
-    return RunPlan(datasets=datasets, data_dir=data_dir, generate_data=generate, run_name=run_name,
+    return RunPlan(datasets=datasets, data_dir=data_dir, generate_data=is_default, run_name=run_name,
                    run_dir=run_dir, batch_sizes=batch_sizes, dataset_settings=settings, limit=limit,
                    max_new_tokens=max_new, on_error=str(cfg.on_error), device=device, dtype=dtype)
