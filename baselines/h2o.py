@@ -11,14 +11,14 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from csp.attention import column_stats
+from csp.attention import column_sums
 from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
 from csp.select import top_selected_plus_recent
 
 
 def heavy_hitter_scores(kv: LayerKV, chunk_size: int) -> Tensor:
     """(kv_heads, L) column sums of every query's attention, over query chunks."""
-    return column_stats(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size).total
+    return column_sums(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size).total
 
 
 def check_chunk_size(name: str, chunk_size: int) -> None:

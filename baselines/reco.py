@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from csp.attention import column_stats
+from csp.attention import column_sums
 from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
 from csp.select import complement
 
@@ -28,7 +28,7 @@ from baselines.h2o import check_chunk_size
 
 def mean_and_std(kv: LayerKV, chunk_size: int) -> tuple[Tensor, Tensor]:
     """(kv_heads, L) each: mean and standard deviation of the attention each key receives."""
-    stats = column_stats(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size)
+    stats = column_sums(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size, squares=True)
     mean = stats.total / stats.count
     var = (stats.total_sq / stats.count - mean.square()).clamp_min(0.0)
     return mean, var.sqrt()

@@ -69,3 +69,33 @@ def column_stats(queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512
         del a
     count = torch.arange(length, 0, -1, device=keys.device, dtype=torch.float32)
     return ColumnStats(total, total_sq, count)
+
+
+def softmax_(logits: Tensor) -> Tensor:
+    """Softmax over the last dim, overwriting `logits` (each row needs one finite entry)."""
+    logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=-1, keepdim=True))
+
+
+def column_sums(queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512, squares: bool = False) -> ColumnStats:
+    """The statistics of `column_stats`, holding ONE chunk's scores at a time.
+
+    The softmax overwrites the chunk's logits and the group average is taken after the sum
+    over queries wherever it is linear, so the peak is Hq x chunk x L floats (plus a
+    Hkv x chunk x L average for the squares of grouped-query maps). total_sq is only
+    accumulated when `squares` (ReCo's deviation); otherwise it is left at zero.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    hkv, length, _ = keys.shape
+    total = torch.zeros(hkv, length, dtype=torch.float32, device=keys.device)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, length, chunk):
+        a = softmax_(grouped_logits(queries[:, start : start + chunk], keys, scaling, start))
+        total += a.sum(dim=2).mean(dim=1)
+        if squares:
+            a = a.squeeze(1) if a.shape[1] == 1 else a.mean(dim=1)
+            total_sq += a.square_().sum(dim=1)
+        del a
+    count = torch.arange(length, 0, -1, device=keys.device, dtype=torch.float32)
+    return ColumnStats(total, total_sq, count)

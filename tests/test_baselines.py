@@ -303,3 +303,17 @@ def test_snapkv_grouped_query_heads_are_averaged() -> None:
     kv = layer_kv(q, torch.eye(8).unsqueeze(0))
     assert SnapKV(kernel=1).select(kv, Budget(1, 2)).index.tolist() == [[2, 6, 7]]
     assert SnapKV(kernel=1).select(eight_kv(), Budget(1, 2)).index.tolist() == [[5, 6, 7]]
+
+
+def test_lean_column_sums_equal_column_stats() -> None:
+    from csp.attention import column_stats, column_sums
+
+    gen = torch.Generator().manual_seed(3)
+    for group in (1, 3):
+        q, k = torch.randn(2 * group, 37, 8, generator=gen), torch.randn(2, 37, 8, generator=gen)
+        ref = column_stats(q, k, 0.35, chunk=37)
+        for chunk in (1, 5, 64):
+            lean = column_sums(q, k, 0.35, chunk=chunk, squares=True)
+            assert torch.allclose(lean.total, ref.total, atol=1e-5)
+            assert torch.allclose(lean.total_sq, ref.total_sq, atol=1e-5)
+            assert torch.equal(lean.count, ref.count)
