@@ -15,11 +15,12 @@ per image a short step caption and 576 image tokens, then the question. The defa
 KiB per fp16 token of the 7B) implies; on CPU the defaults are shorter so that a run takes
 minutes.
 
-Per budget: one prefill with the method pruning every layer, then `--warmup` decode steps,
-then `--steps` timed steps (device synchronized around each), median ms/token. Memory is the
-bytes the cache holds after pruning (`Decoder.kv_bytes`: every stored entry, so CSP's concat
-mode pays for its duplicates); on CUDA also `max_memory_allocated` during the decode steps,
-minus the weights. "target" is what the budget keeps, (selected + recent) / L; "kept" is the
+Per budget: one prefill with the method pruning every layer, then `--warmup` decode steps;
+then `--steps` timed rounds in which every budget's decoder takes one step (device
+synchronized around each), median ms/token per budget. Memory is the bytes the cache holds
+after pruning (`Decoder.kv_bytes`: every stored entry, so CSP's concat mode pays for its
+duplicates); on CUDA also `max_memory_allocated` during the warm-up steps, minus what was
+allocated before that budget's prefill (its cache plus the decode step's activations). "target" is what the budget keeps, (selected + recent) / L; "kept" is the
 stored entries per layer and head over L; "distinct" counts each different key row once
 (lower than "kept" when a token is stored twice). The memory target: KV ratio within 2% of
 "target".
@@ -165,32 +166,46 @@ def sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def measure(adapter, ids: torch.Tensor, method_name: str, budget: float, args, device: torch.device) -> Row:
-    method = build_method(method_name, budget, args.recent_share)
+def measure(adapter, ids: torch.Tensor, method_name: str, budgets: list[float], args,
+            device: torch.device) -> list[Row]:
+    """Prefill once per budget and keep every decoder; then time their steps round-robin, so
+    that a background load drifting over the run hits every budget alike."""
     inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
-    weights = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    with Decoder(adapter, inputs, method) as dec:
+    decoders, rows, tokens = [], [], []
+    for budget in tqdm(budgets, desc=f"{method_name}: prefill + warm-up", unit="budget"):
+        method = build_method(method_name, budget, args.recent_share)
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        dec = Decoder(adapter, inputs, method)
         length = int(dec.layout.prompt_lengths[0])
         target = 1.0 if isinstance(method, FullCache) else min(method.split_budget(length).total / length, 1.0)
         kept = float(dec.layout.kept.float().mean()) / length
         distinct = distinct_fraction(dec.cache, length) if args.distinct else float("nan")
-        token = dec.logits.argmax(-1)
-        for _ in range(args.warmup):
-            token = dec.step(token).argmax(-1)
+        kv_bytes = dec.kv_bytes
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for _ in range(args.steps):
-            sync(device)
-            t = time.perf_counter()
-            token = dec.step(token).argmax(-1)
-            sync(device)
-            times.append(time.perf_counter() - t)
-        peak = torch.cuda.max_memory_allocated(device) - weights if device.type == "cuda" else None
-        kv_bytes = dec.kv_bytes
-    return Row(method="full" if budget >= 1.0 else method_name, budget=budget, prompt_length=length,
-               target_fraction=target, kept_fraction=kept, distinct_fraction=distinct, kv_bytes=kv_bytes,
-               ms_per_token=statistics.median(times) * 1e3, cuda_peak_decode_bytes=peak)
+        token = dec.logits.argmax(-1)
+        with dec:
+            for _ in range(args.warmup):
+                token = dec.step(token).argmax(-1)
+        # this decoder's own footprint while decoding: its cache and the step's activations
+        peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None
+        decoders.append(dec)
+        tokens.append(token)
+        rows.append(Row(method="full" if budget >= 1.0 else method_name, budget=budget, prompt_length=length,
+                        target_fraction=target, kept_fraction=kept, distinct_fraction=distinct,
+                        kv_bytes=kv_bytes, ms_per_token=float("nan"), cuda_peak_decode_bytes=peak))
+    times: list[list[float]] = [[] for _ in decoders]
+    for _ in tqdm(range(args.steps), desc="timed decode steps", unit="round"):
+        for i, dec in enumerate(decoders):
+            with dec:  # per-layer mask hooks (ragged methods) only around this decoder's step
+                sync(device)
+                t = time.perf_counter()
+                tokens[i] = dec.step(tokens[i]).argmax(-1)
+                sync(device)
+            times[i].append(time.perf_counter() - t)
+    for row, t in zip(rows, times):
+        row.ms_per_token = statistics.median(t) * 1e3
+    return rows
 
 
 def with_ratios(rows: list[Row]) -> list[Row]:
@@ -327,9 +342,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
     adapter = build_model(args.shape, args.layers, device, getattr(torch, dtype_name), args.attn)
     ids = alfred_like_ids(args.shape, args.images, args.text_tokens, args.batch)
-    rows = [measure(adapter, ids, args.method, b, args, device)
-            for b in tqdm(args.budgets, desc=f"{args.method} budgets", unit="budget")]
-    rows = with_ratios(rows)
+    rows = with_ratios(measure(adapter, ids, args.method, args.budgets, args, device))
 
     device_name = torch.cuda.get_device_name(device) if gpu else f"CPU ({platform.processor() or platform.machine()})"
     setup = dict(method=args.method, device=device.type, device_name=device_name, shape=args.shape,
