@@ -21,9 +21,11 @@ distributions.
 """
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -161,3 +163,32 @@ def read_summary(record: Mapping[str, Any], source: str = "fidelity.json") -> Fi
         return FidelitySummary(**{f: data[f] for f in FidelitySummary.__dataclass_fields__})
     except (KeyError, TypeError) as e:
         raise ValueError(f"{source}: field 'summary' or {e} is missing or malformed") from None
+
+
+def collect_fidelity(
+    adapter,
+    batches: Iterable[tuple[Sequence[int], Mapping[str, Tensor]]],
+    method: KVPruner,
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int = 1,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """fidelity.json content for (sample ids, encoded left-padded batch) pairs; the caller
+    (the benchmark runner) owns prompts and batching, this module only the comparison."""
+    samples: dict[int, SampleFidelity] = {}
+    for ids, inputs in batches:
+        found = batch_fidelity(adapter, inputs, method, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+        if len(found) != len(ids):
+            raise ValueError(f"collect_fidelity: {len(ids)} sample ids for a batch of {len(found)}")
+        samples.update(zip((int(i) for i in ids), found))
+    meta = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, **(meta or {})}
+    return fidelity_record(samples, meta)
+
+
+def recorded_ids(path: Path) -> set[int] | None:
+    """Sample ids of an existing fidelity.json (None when absent or unreadable)."""
+    try:
+        return {int(s["sample_id"]) for s in json.loads(path.read_text(encoding="utf-8"))["samples"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -165,6 +165,7 @@ class RunScores:
     rouge_score: dict[str, float] = field(default_factory=dict)  # Google rouge-score x 100
     corrected: dict[str, float] = field(default_factory=dict)
     unscored: list[str] = field(default_factory=list)  # pred.json without eval.json
+    fidelity: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> fidelity.json summary
 
     def missing(self, datasets: Iterable[str] = catalog.NAMES) -> list[str]:
         return [d for d in datasets if d not in self.scores]
@@ -205,7 +206,40 @@ def collect_run(run_dir: Path | str) -> RunScores:
             out.corrected[d.name] = _metric_value(folder / "eval_corrected.json", d.metric)
         if (folder / "eval_rouge_score.json").is_file():
             out.rouge_score[d.name] = _metric_value(folder / "eval_rouge_score.json", "Rouge-L f")
+        if (folder / FIDELITY_FILE).is_file():
+            out.fidelity[d.name] = _fidelity_summary(folder / FIDELITY_FILE)
     return out
+
+
+FIDELITY_FILE = "fidelity.json"  # written by the runner with fidelity=true (csp/fidelity.py)
+FIDELITY_FIELDS = {"kl": "KL", "top1": "top-1 %", "identical": "identical %"}
+
+
+def _fidelity_summary(path: Path) -> dict[str, float]:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))["summary"]
+        values = {k: float(summary[k]) for k in FIDELITY_FIELDS}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: cannot read field summary.{e if isinstance(e, KeyError) else ''}: "
+                         f"expected summary.kl, summary.top1 and summary.identical numbers") from None
+    return values
+
+
+def fidelity_frame(runs: Sequence[RunScores], formatted: bool = False) -> pd.DataFrame:
+    """Datasets as rows; per run with fidelity.json files, columns `<label> KL` (mean
+    KL(full || method), nats), `<label> top-1 %` and `<label> identical %` (greedy answers
+    equal to the full cache's). formatted=True gives strings: KL to 4 decimals, shares to 1."""
+    runs = [r for r in sort_runs(runs) if r.fidelity]
+    datasets = [d for d in catalog.NAMES if any(d in r.fidelity for r in runs)]
+    data: dict[str, list[Any]] = {"dataset": datasets, "group": [catalog.get(d).group for d in datasets]}
+    for run in runs:
+        for key, name in FIDELITY_FIELDS.items():
+            values = [run.fidelity[d][key] * (1 if key == "kl" else 100) if d in run.fidelity else float("nan")
+                      for d in datasets]
+            if formatted:
+                values = ["–" if math.isnan(v) else f"{v:.4f}" if key == "kl" else f"{v:.1f}" for v in values]
+            data[f"{run.meta.label} {name}"] = values
+    return pd.DataFrame(data)
 
 
 def sort_runs(runs: Sequence[RunScores]) -> list[RunScores]:
@@ -418,6 +452,14 @@ def build_tables(results_dir: Path | str, runs: Sequence[RunScores] | None = Non
     if any(r.corrected for r in runs):
         md += ["\n## Corrected mode (quirks fixed; not comparable with published numbers)\n",
                to_markdown(eval_score_frame(runs, "corrected"))]
+    if any(r.fidelity for r in runs):
+        md += ["\n## Fidelity against the full cache (label-free; runs made with `fidelity=true`)\n",
+               "Teacher-forced on the full cache's greedy answer: mean KL(full || method) of the next-token "
+               "distributions (nats), top-1 agreement, and the share of samples whose greedy answer is "
+               "identical to the full cache's.\n",
+               to_markdown(fidelity_frame(runs, formatted=True))]
+        written["fidelity.csv"] = results_dir / "fidelity.csv"
+        write_text(written["fidelity.csv"], fidelity_frame(runs).round(6).to_csv(index=False))
     written["eval_score.md"] = results_dir / "eval_score.md"
     write_text(written["eval_score.md"], "\n".join(md) + "\n")
     written["eval_score.csv"] = results_dir / "eval_score.csv"

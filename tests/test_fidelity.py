@@ -2,7 +2,9 @@
 and a first divergence that is where the method's own greedy answer leaves the full one."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +80,65 @@ def test_harsh_budget_drifts_and_divergence_is_where_greedy_differs(tiny_llava):
             d = s.first_divergence
             assert o[:d] == f[:d] and o[d : d + 1] != f[d : d + 1]
         assert 0.0 <= s.top1 <= 1.0 - (s.first_divergence is not None) / s.steps + 1e-9
+
+
+# -- the runner (fidelity=true) and the tables ------------------------------------------------
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_runner_writes_fidelity_per_dataset_and_keeps_it_on_rerun(tmp_path):
+    from milebench.runner.loop import run
+    from milebench.synthetic import DEFAULT_DIR, ensure_synthetic
+
+    ensure_synthetic(DEFAULT_DIR)
+    args = ["method=csp", "budget=0.1", "recent_ratio=0.05", "datasets=[WebQA]", "limit=2", "max_new_tokens=5",
+            f"output_dir={tmp_path}"]
+    run_dir = run(_compose(*args), method_name="csp")  # no fidelity: no file
+    path = run_dir / "WebQA" / "fidelity.json"
+    assert not path.exists()
+    run(_compose(*args, "fidelity=true"), method_name="csp")  # the same folder, resumed: fidelity only
+    record = json.loads(path.read_text())
+    preds = json.loads((run_dir / "WebQA" / "pred.json").read_text())
+    assert [s["sample_id"] for s in record["samples"]] == sorted(p["sample_id"] for p in preds)
+    assert record["summary"]["samples"] == 2 and record["summary"]["kl"] > 0
+    assert record["meta"]["method"]["budget"] == 0.1 and record["meta"]["max_new_tokens"] == 5
+    before = path.stat().st_mtime_ns
+    run(_compose(*args, "fidelity=true"), method_name="csp", load_adapter=lambda *a: pytest.fail("model loaded"))
+    assert path.stat().st_mtime_ns == before  # up to date: kept, no model loaded
+
+
+def test_fidelity_flag_must_be_boolean(tmp_path):
+    from milebench.runner.loop import run
+    from milebench.runner.settings import RunConfigError
+
+    with pytest.raises(RunConfigError, match="fidelity"):
+        run(_compose("fidelity=maybe", f"output_dir={tmp_path}"), load_adapter=lambda *a: pytest.fail("loaded"))
+
+
+def test_tables_show_fidelity_columns(tmp_path):
+    from milebench.tables import build_tables, collect_run, fidelity_frame
+
+    run_dir = tmp_path / "m" / "csp_b0.1"
+    for name, kl, top1 in (("WebQA", 0.25, 0.5), ("TQA", 0.125, 0.75)):
+        (run_dir / name).mkdir(parents=True)
+        (run_dir / name / "eval.json").write_text(json.dumps({"Accuracy": 0.5}))
+        record = fidelity_record({1: SampleFidelity(4, kl, top1, 0), 2: SampleFidelity(2, kl, top1, None)})
+        (run_dir / name / "fidelity.json").write_text(json.dumps(record))
+    run = collect_run(run_dir)
+    assert run.fidelity["TQA"] == {"kl": 0.125, "top1": 0.75, "identical": 0.5}
+    frame = fidelity_frame([run])
+    label = run.meta.label
+    assert frame.dataset.tolist() == ["WebQA", "TQA"]  # catalog order
+    assert frame[f"{label} top-1 %"].tolist() == [50.0, 75.0] and frame[f"{label} identical %"].tolist() == [50.0, 50.0]
+    written = build_tables(tmp_path, [run])
+    md = written["eval_score.md"].read_text()
+    assert "## Fidelity against the full cache" in md and "| WebQA | S-1 | 0.2500 | 50.0 | 50.0 |" in md
+    assert "fidelity.csv" in written
+    (run_dir / "TQA" / "fidelity.json").write_text(json.dumps({"summary": {"kl": 1.0}}))
+    with pytest.raises(ValueError, match="TQA/fidelity.json"):
+        collect_run(run_dir)

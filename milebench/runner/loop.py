@@ -139,7 +139,7 @@ class Runner:
             try:
                 built = build_prompt(
                     s, tokenizer=ad.processor.tokenizer, image_token=ad.image_token,
-                    template=ad.format_prompt("{prompt}"), max_context_len=int(model_cfg.max_context_len),
+                    template="{prompt}", max_context_len=int(model_cfg.max_context_len),
                     tokens_per_image=int(ad.tokens_per_image), combine_image=bool(self.cfg.combine_image),
                     dataset_root=dataset.root)
                 images = []
@@ -161,7 +161,9 @@ class Runner:
         ready = self.prepare(dataset, batch)
         if not ready:
             return []
-        inputs = self.adapter.encode([b.text for _, b, _ in ready], [imgs for _, _, imgs in ready])
+        # the chat template is the adapter's (a processor's jinja template may hold braces)
+        prompts = [self.adapter.format_prompt(b.text) for _, b, _ in ready]
+        inputs = self.adapter.encode(prompts, [imgs for _, _, imgs in ready])
         inputs = inputs.to(self.adapter.model.device)
         out = self.generate(self.adapter, inputs, method, max_new_tokens=self.plan.max_new_tokens,
                             min_new_tokens=MIN_NEW_TOKENS)
@@ -212,6 +214,8 @@ class Runner:
         self.dist.barrier()
         if self.dist.is_main:
             self.finish_dataset(dataset, store, folder)
+            if self.cfg.get("fidelity", False):
+                self.write_fidelity(dataset, folder, method)
 
     def finish_dataset(self, dataset: DatasetFile, store: PredictionStore, folder: Path) -> None:
         """Merge every process's predictions into pred.json (sample order) and score it."""
@@ -225,6 +229,34 @@ class Runner:
             return
         result = score_folder(folder, dataset)
         tqdm.write(f"{dataset.name}: {result.metric} {100 * result.value:.1f} over {len(records)} samples")
+
+
+    # -- label-free fidelity (fidelity=true) -------------------------------------------------
+    def write_fidelity(self, dataset: DatasetFile, folder: Path, method: Any) -> None:
+        """<D>/fidelity.json: the method against the full cache on the predicted samples
+        (csp/fidelity.py); kept when it already covers exactly those samples."""
+        from csp.fidelity import FIDELITY_FILE, collect_fidelity, recorded_ids
+
+        predicted = PredictionStore(folder).load()
+        path = folder / FIDELITY_FILE
+        if not predicted or recorded_ids(path) == set(predicted):
+            return
+        self.ensure_model()
+        samples = [s for s in dataset.samples if s.sample_id in predicted]
+
+        def batches():
+            for batch in tqdm(batches_of(samples, self.plan.batch_sizes[dataset.name]), unit="batch",
+                              desc=f"{dataset.name} fidelity", leave=False, dynamic_ncols=True, position=1):
+                ready = self.prepare(dataset, batch)
+                if ready:
+                    yield ([s.sample_id for s, _, _ in ready],
+                           self.adapter.encode([b.text for _, b, _ in ready], [imgs for _, _, imgs in ready]))
+
+        record = collect_fidelity(self.adapter, batches(), method, max_new_tokens=self.plan.max_new_tokens,
+                                  min_new_tokens=MIN_NEW_TOKENS, meta={"method": method_record(self.method_name, method)})
+        write_atomic(path, json.dumps(record, indent=2) + "\n")
+        summary = record["summary"]
+        tqdm.write(f"{dataset.name}: fidelity KL {summary['kl']:.4f}, top-1 {100 * summary['top1']:.1f}%")
 
 
 def load_datasets(runner: Runner) -> list[DatasetFile]:

@@ -25,7 +25,7 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Fields that may change between two runs into the same run folder: they select which
 # samples run, or where, but never change a prediction. Every other field must match.
-RESUMABLE_FIELDS = ("datasets", "limit", "output_dir", "run_name", "on_error", "device")
+RESUMABLE_FIELDS = ("datasets", "limit", "output_dir", "run_name", "on_error", "device", "fidelity")
 
 # Overrides that name a run differently when `run_name` is not given (sweeps over them
 # must not share a folder); keys are matched by prefix.
@@ -188,6 +188,8 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
         raise RunConfigError(f"max_new_tokens={max_new} must be >= 1")
     if cfg.on_error not in ON_ERROR:
         raise RunConfigError(f"on_error={cfg.on_error!r}: expected raise or skip")
+    if not isinstance(cfg.get("fidelity", False), bool):
+        raise RunConfigError(f"fidelity={cfg.get('fidelity')!r}: expected true or false")
 
     if cfg.batch_size == "auto":
         batch_sizes = {d: catalog.get(d).batch_size for d in datasets}
