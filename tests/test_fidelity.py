@@ -65,8 +65,9 @@ def test_keep_everything_is_exactly_faithful(fixture, request):
         assert s.kv_bytes_ratio == 1.0
 
 
-def test_harsh_budget_drifts_and_divergence_is_where_greedy_differs(tiny_llava):
-    method = CrossSelfPruner(budget=0.1, recent_ratio=0.05, cross_ratio=0.5, bias=1.0)
+@pytest.mark.parametrize("combine", ["concat", "intersection"])  # intersection: per-layer mask hooks
+def test_harsh_budget_drifts_and_divergence_is_where_greedy_differs(tiny_llava, combine):
+    method = CrossSelfPruner(budget=0.1, recent_ratio=0.05, cross_ratio=0.5, bias=1.0, combine=combine)
     out = batch_fidelity(tiny_llava, encode(tiny_llava), method, max_new_tokens=NEW)
     full = greedy_generate(tiny_llava, encode(tiny_llava), None, max_new_tokens=NEW).tokens
     ours = greedy_generate(tiny_llava, encode(tiny_llava), method, max_new_tokens=NEW).tokens
