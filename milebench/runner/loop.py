@@ -155,16 +155,19 @@ class Runner:
             ready.append((s, built, images))
         return ready
 
+    def encode(self, ready: list[tuple[Sample, Any, list]]) -> Any:
+        """The model inputs of prepared samples; the chat template is applied here, by the
+        adapter (a processor's jinja template may hold braces that str.format would eat)."""
+        prompts = [self.adapter.format_prompt(b.text) for _, b, _ in ready]
+        return self.adapter.encode(prompts, [imgs for _, _, imgs in ready]).to(self.adapter.model.device)
+
     def run_batch(self, dataset: DatasetFile, batch: list[Sample], done: dict[int, Any], method: Any,
                   gen_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         self.ensure_model()
         ready = self.prepare(dataset, batch)
         if not ready:
             return []
-        # the chat template is the adapter's (a processor's jinja template may hold braces)
-        prompts = [self.adapter.format_prompt(b.text) for _, b, _ in ready]
-        inputs = self.adapter.encode(prompts, [imgs for _, _, imgs in ready])
-        inputs = inputs.to(self.adapter.model.device)
+        inputs = self.encode(ready)
         out = self.generate(self.adapter, inputs, method, max_new_tokens=self.plan.max_new_tokens,
                             min_new_tokens=MIN_NEW_TOKENS)
         records = []
@@ -249,8 +252,7 @@ class Runner:
                               desc=f"{dataset.name} fidelity", leave=False, dynamic_ncols=True, position=1):
                 ready = self.prepare(dataset, batch)
                 if ready:
-                    yield ([s.sample_id for s, _, _ in ready],
-                           self.adapter.encode([b.text for _, b, _ in ready], [imgs for _, _, imgs in ready]))
+                    yield [s.sample_id for s, _, _ in ready], self.encode(ready)
 
         record = collect_fidelity(self.adapter, batches(), method, max_new_tokens=self.plan.max_new_tokens,
                                   min_new_tokens=MIN_NEW_TOKENS, meta={"method": method_record(self.method_name, method)})
