@@ -130,7 +130,7 @@ def test_rerun_with_another_config_is_an_error_and_a_finished_run_is_left_alone(
     def never(*a, **k):
         raise AssertionError("a finished run loaded the model again")
 
-    # same config, more datasets selected than... no: the same selection, all done
+    # the same command again: everything is done, so nothing is loaded or rewritten
     run(compose_cfg(*SMALL, f"output_dir={out}"), method_name="csp", load_adapter=never, generate_fn=never)
     assert files_of(reference) == before
 
