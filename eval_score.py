@@ -13,18 +13,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from milebench.score import ScoreError, score_dataset
 from milebench.tables import build_tables, collect_run, find_runs
+
+
+def ran_a_subset(run: Path) -> bool:
+    """A run made with `limit`, or that skipped bad samples, predicted part of each dataset."""
+    config = run / "config.yaml"
+    limited = config.is_file() and OmegaConf.load(config).get("limit") is not None
+    return limited or (run / "errors.jsonl").is_file()
 
 
 def score_stale(runs: Sequence[Path], data_dir: Path) -> int:
     """Score every dataset folder whose eval.json is missing or older than its pred.json."""
     n = 0
     for run in runs:
+        subset = ran_a_subset(run)
         for pred in sorted(run.glob("*/pred.json")):
             ev = pred.with_name("eval.json")
             if not ev.is_file() or ev.stat().st_mtime < pred.stat().st_mtime:
-                score_dataset(pred.parent, data_dir)
+                score_dataset(pred.parent, data_dir, predicted_only=subset)
                 n += 1
     return n
 

@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,19 +207,40 @@ def dataset_of(folder_name: str) -> tuple[str, bool]:
     return catalog.get(folder_name).name, False
 
 
-def score_dataset(pred_dir: Path | str, data_dir: Path | str, *, corrected: bool = False,
-                  write: bool = True) -> DatasetScore:
+def score_dataset(pred_dir: Path | str, data_dir: Path | str | None = None, *, corrected: bool = False,
+                  write: bool = True, dataset: DatasetFile | None = None,
+                  predicted_only: bool = False) -> DatasetScore:
     """Score `pred_dir/pred.json` (the folder is named after the dataset) and write the
-    result files beside it."""
+    result files beside it.
+
+    By default every sample of the dataset must have exactly one prediction, as in
+    MileBench. predicted_only=True scores the samples that were predicted (a run with
+    `limit`, or with samples skipped on bad input), so its figures say what was run.
+    `dataset` saves a reload when the caller already holds the dataset file.
+    """
     pred_dir = Path(pred_dir)
-    name, adversarial = dataset_of(pred_dir.name)
-    dataset = load_dataset(data_dir, name, adversarial=adversarial, check_images=False)
+    if dataset is None:
+        if data_dir is None:
+            raise ScoreError(f"{pred_dir}: give data_dir or the loaded dataset")
+        name, adversarial = dataset_of(pred_dir.name)
+        dataset = load_dataset(data_dir, name, adversarial=adversarial, check_images=False)
     pred_path = pred_dir / PRED_FILE
+    if predicted_only:
+        dataset = restrict_to_predicted(dataset, pred_path)
     preds = load_predictions(pred_path, dataset)
     result = score_predictions(dataset, preds, corrected=corrected, source=str(pred_path))
     if write:
         write_result_files(pred_dir, preds, result)
     return result
+
+
+def restrict_to_predicted(dataset: DatasetFile, pred_path: Path) -> DatasetFile:
+    """The dataset cut down to the samples `pred_path` has a prediction for."""
+    try:
+        predicted = {int(p["sample_id"]) for p in json.loads(pred_path.read_text(encoding="utf-8"))}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ScoreError(f"{pred_path}: cannot read the predicted sample ids: {e}") from None
+    return replace(dataset, samples=[s for s in dataset.samples if s.sample_id in predicted])
 
 
 def run_datasets(run_dir: Path | str) -> list[Path]:
@@ -236,7 +257,7 @@ def run_datasets(run_dir: Path | str) -> list[Path]:
 
 
 def score_run(run_dir: Path | str, data_dir: Path | str, *, corrected: bool = False,
-              datasets: Sequence[str] | None = None) -> dict[str, DatasetScore]:
+              datasets: Sequence[str] | None = None, predicted_only: bool = False) -> dict[str, DatasetScore]:
     """Score every dataset folder of a run (or the named ones)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -252,7 +273,7 @@ def score_run(run_dir: Path | str, data_dir: Path | str, *, corrected: bool = Fa
         raise ScoreError(f"{run_dir}: no <dataset>/{PRED_FILE} found")
     results: dict[str, DatasetScore] = {}
     for folder in tqdm(folders, desc="scoring", unit="dataset", disable=len(folders) < 2):
-        results[folder.name] = score_dataset(folder, data_dir, corrected=corrected)
+        results[folder.name] = score_dataset(folder, data_dir, corrected=corrected, predicted_only=predicted_only)
     return results
 
 
@@ -263,9 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--corrected", action="store_true",
                     help="fix the reference's quirks; writes *_corrected.json, never the faithful files")
     ap.add_argument("--datasets", nargs="+", help="score only these dataset folders")
+    ap.add_argument("--predicted-only", action="store_true",
+                    help="score the samples that have a prediction (runs with limit=N) instead of "
+                         "requiring one prediction per sample")
     args = ap.parse_args(argv)
     try:
-        results = score_run(args.run_dir, args.data_dir, corrected=args.corrected, datasets=args.datasets)
+        results = score_run(args.run_dir, args.data_dir, corrected=args.corrected, datasets=args.datasets,
+                            predicted_only=args.predicted_only)
     except (ScoreError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

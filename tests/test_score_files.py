@@ -124,6 +124,17 @@ def test_prediction_count_mismatch_is_an_error(mc_run, capsys):
     assert not (run / "ActionLocalization" / "eval.json").exists()
 
 
+def test_predicted_only_scores_the_subset_that_was_run(mc_run):
+    """A run with limit=3: the first three samples, (B) blue right, empty -> C right, AA wrong."""
+    data, run = mc_run
+    pred = run / "ActionLocalization" / "pred.json"
+    pred.write_text(json.dumps(read(pred)[:3]))
+    assert main([str(run), "--data-dir", str(data), "--predicted-only"]) == 0
+    result = read(run / "ActionLocalization" / "eval.json")
+    assert result["Accuracy"] == pytest.approx(2 / 3)
+    assert result["image_quantity_level-Result"] == {"Few": [2, 2], "Medium": [0, 1]}
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda ps: ps + [dict(ps[0])], r"sample 0: field 'sample_id' is duplicated"),
     (lambda ps: [dict(p, sample_id=p["sample_id"] + 10) for p in ps], r"sample 10: field 'sample_id' is not in"),

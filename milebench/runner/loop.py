@@ -20,7 +20,7 @@ from tqdm import tqdm
 from csp.method import ConfigError
 from milebench.data import DataError, DatasetFile, Sample, load_dataset
 from milebench.runner import dist as dist_mod
-from milebench.runner.scoring import score_folder
+from milebench.score import score_dataset
 from milebench.runner.settings import RunConfigError, RunPlan, check_budget, fingerprint, make_plan
 from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines, write_atomic
 
@@ -230,7 +230,7 @@ class Runner:
         if not records:
             tqdm.write(f"{dataset.name}: no prediction (every sample failed); not scored")
             return
-        result = score_folder(folder, dataset)
+        result = score_dataset(folder, dataset=dataset, predicted_only=True)
         tqdm.write(f"{dataset.name}: {result.metric} {100 * result.value:.1f} over {len(records)} samples")
 
 
