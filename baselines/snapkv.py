@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from csp.attention import grouped_logits, softmax_
+from csp.attention import grouped_logits, n_softmax
 from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
 from csp.select import top_selected_plus_recent
 
@@ -25,7 +25,7 @@ def window_scores(kv: LayerKV, window: int) -> Tensor:
     """(kv_heads, L) softmax attention of the last `window` queries, summed over them."""
     start = kv.length - window
     logits = grouped_logits(kv.queries(window), kv.keys, kv.scaling, start)
-    return softmax_(logits).sum(dim=2).mean(dim=1)  # summed before averaging: one tensor held
+    return n_softmax(logits, 0.0, inplace=True).sum(dim=2).mean(dim=1)  # summed before averaging: one tensor held
 
 
 def smooth(scores: Tensor, kernel: int, pooling: str) -> Tensor:

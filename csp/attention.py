@@ -32,13 +32,18 @@ def grouped_logits(queries: Tensor, keys: Tensor, scaling: float, query_start: i
 def n_softmax(logits: Tensor, n: float = 1.0, *, inplace: bool = False) -> Tensor:
     """exp(O_i) / (n + sum_j exp(O_j)) over the last dim, computed stably; n = 0 is softmax.
 
-    With m the row max: exp(O_i - m) / (n * exp(-m) + sum_j exp(O_j - m)).
+    With m the row max: exp(O_i - m) / (n * exp(-m) + sum_j exp(O_j - m)); the per-row
+    denominators are formed in float64 so that n * exp(-m) does not overflow for a low max.
     inplace=True overwrites `logits`, so that scoring a long prompt holds one score tensor.
+    Each row needs at least one finite logit.
     """
     m = logits.amax(dim=-1, keepdim=True)
     e = logits.sub_(m) if inplace else logits - m
     e = e.exp_()
-    return e.div_(e.sum(dim=-1, keepdim=True).add_(n * torch.exp(-m)))
+    denom = e.sum(dim=-1, keepdim=True, dtype=torch.float64)
+    if n:
+        denom += n * torch.exp(-m.double())
+    return e.div_(denom.to(e.dtype))
 
 
 @dataclass
@@ -50,35 +55,9 @@ class ColumnStats:
     count: Tensor  # (L,) number of queries that can see key j: L - j
 
 
-def column_stats(queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512) -> ColumnStats:
-    """Softmax attention of every prompt query, accumulated over query chunks.
-
-    The attention map of a KV group is averaged over its query heads before any statistic,
-    so that squares (for ReCo's deviation) are those of the averaged map.
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    hkv, length, _ = keys.shape
-    total = torch.zeros(hkv, length, dtype=torch.float32, device=keys.device)
-    total_sq = torch.zeros_like(total)
-    for start in range(0, length, chunk):
-        q = queries[:, start : start + chunk]
-        a = torch.softmax(grouped_logits(q, keys, scaling, start), dim=-1).mean(dim=1)
-        total += a.sum(dim=1)
-        total_sq += a.square().sum(dim=1)
-        del a
-    count = torch.arange(length, 0, -1, device=keys.device, dtype=torch.float32)
-    return ColumnStats(total, total_sq, count)
-
-
-def softmax_(logits: Tensor) -> Tensor:
-    """Softmax over the last dim, overwriting `logits` (each row needs one finite entry)."""
-    logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-    return logits.div_(logits.sum(dim=-1, keepdim=True))
-
-
 def column_sums(queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512, squares: bool = False) -> ColumnStats:
-    """The statistics of `column_stats`, holding ONE chunk's scores at a time.
+    """Softmax attention of every prompt query, accumulated over query chunks, holding ONE
+    chunk's scores at a time.
 
     The softmax overwrites the chunk's logits and the group average is taken after the sum
     over queries wherever it is linear, so the peak is Hq x chunk x L floats (plus a
@@ -91,7 +70,7 @@ def column_sums(queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512,
     total = torch.zeros(hkv, length, dtype=torch.float32, device=keys.device)
     total_sq = torch.zeros_like(total)
     for start in range(0, length, chunk):
-        a = softmax_(grouped_logits(queries[:, start : start + chunk], keys, scaling, start))
+        a = n_softmax(grouped_logits(queries[:, start : start + chunk], keys, scaling, start), 0.0, inplace=True)
         total += a.sum(dim=2).mean(dim=1)
         if squares:
             a = a.squeeze(1) if a.shape[1] == 1 else a.mean(dim=1)

@@ -305,15 +305,18 @@ def test_snapkv_grouped_query_heads_are_averaged() -> None:
     assert SnapKV(kernel=1).select(eight_kv(), Budget(1, 2)).index.tolist() == [[5, 6, 7]]
 
 
-def test_lean_column_sums_equal_column_stats() -> None:
-    from csp.attention import column_stats, column_sums
+def test_chunked_column_sums_equal_the_whole_attention_map() -> None:
+    from csp.attention import column_sums
 
     gen = torch.Generator().manual_seed(3)
     for group in (1, 3):
         q, k = torch.randn(2 * group, 37, 8, generator=gen), torch.randn(2, 37, 8, generator=gen)
-        ref = column_stats(q, k, 0.35, chunk=37)
+        # the whole causal map at once, group-averaged, as a reference for the chunked sums
+        logits = torch.einsum("hqd,hkd->hqk", q, k.repeat_interleave(group, dim=0)) * 0.35
+        logits = logits.masked_fill(torch.ones(37, 37, dtype=torch.bool).triu(1), float("-inf"))
+        a = torch.softmax(logits, dim=-1).view(2, group, 37, 37).mean(dim=1)
         for chunk in (1, 5, 64):
             lean = column_sums(q, k, 0.35, chunk=chunk, squares=True)
-            assert torch.allclose(lean.total, ref.total, atol=1e-5)
-            assert torch.allclose(lean.total_sq, ref.total_sq, atol=1e-5)
-            assert torch.equal(lean.count, ref.count)
+            assert torch.allclose(lean.total, a.sum(dim=1), atol=1e-5)
+            assert torch.allclose(lean.total_sq, a.square().sum(dim=1), atol=1e-5)
+            assert torch.equal(lean.count, torch.arange(37, 0, -1).float())
