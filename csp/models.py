@@ -285,10 +285,10 @@ def _check_load_args(family: str, dtype: str, device: str, attn_implementation: 
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; supported: {sorted(FAMILIES)} (mobilevlm is refused)")
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        raise ValueError(f"dtype={dtype!r} is unknown; expected one of {sorted(DTYPES)}")
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(
-            f"unknown attn_implementation {attn_implementation!r}; expected one of {list(ATTN_IMPLEMENTATIONS)}"
+            f"attn_implementation={attn_implementation!r} is unknown; expected one of {list(ATTN_IMPLEMENTATIONS)}"
         )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
@@ -311,7 +311,7 @@ def _check_path(path: str) -> None:
     if not local.exists():
         looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1 or not _HUB_ID.match(path)
         if looks_local:
-            raise FileNotFoundError(f"model path {path!r} does not exist and is not a hub id (owner/name)")
+            raise FileNotFoundError(f"model.path={path!r} does not exist and is not a hub id (owner/name)")
     elif not (local / "config.json").is_file():
         raise FileNotFoundError(f"model folder {path!r} has no config.json: not a saved checkpoint")
 

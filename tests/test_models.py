@@ -243,11 +243,11 @@ def test_mobilevlm_is_refused_with_the_reason():
 @pytest.mark.parametrize(
     "kwargs,error,message",
     [
-        ({"path": "/no/such/folder"}, FileNotFoundError, "'/no/such/folder' does not exist and is not a hub id"),
-        ({"path": "a/b/c"}, FileNotFoundError, "'a/b/c' does not exist and is not a hub id"),
-        ({"attn_implementation": "flash"}, ValueError, "unknown attn_implementation 'flash'"),
+        ({"path": "/no/such/folder"}, FileNotFoundError, "model.path='/no/such/folder' does not exist and is not a hub id"),
+        ({"path": "a/b/c"}, FileNotFoundError, "model.path='a/b/c' does not exist and is not a hub id"),
+        ({"attn_implementation": "flash"}, ValueError, "attn_implementation='flash' is unknown"),
         ({"attn_implementation": "flash_attention_2"}, ValueError, "flash_attention_2' needs a CUDA device"),
-        ({"dtype": "float64"}, ValueError, "unknown dtype 'float64'"),
+        ({"dtype": "float64"}, ValueError, "dtype='float64' is unknown"),
         ({"family": "qwen"}, ValueError, "unknown model family 'qwen'"),
         ({"chat_template": "vicuna"}, ValueError, "unknown chat_template 'vicuna'"),
     ],

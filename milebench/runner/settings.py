@@ -21,7 +21,6 @@ from milebench.runner import ratios
 DEFAULT_DATA_DIR = Path("data/milebench-synthetic")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("raise", "skip")
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Fields that may change between two runs into the same run folder: they select which
 # samples run, or where, but never change a prediction. Every other field must match.
@@ -146,29 +145,19 @@ def fingerprint(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in RESUMABLE_FIELDS and k != "hydra"}
 
 
-def check_model(model: DictConfig, attn_implementation: str) -> None:
-    """What can be known about a model config without loading it."""
+def check_model(model: DictConfig, dtype: str, device: str, attn_implementation: str) -> None:
+    """What can be known about a model config without loading it (csp.models' own checks,
+    plus the fields the runner itself reads)."""
+    from csp.models import check_model_config
+
     name = model.get("name")
     for key in ("name", "family", "max_context_len"):
         if model.get(key) in (None, ""):
             raise RunConfigError(f"model config {name!r}: field {key!r} is missing")
-    from csp.models import FAMILIES, MOBILEVLM_REFUSAL
-
-    family = str(model.family)
-    if family not in FAMILIES:
-        if family.startswith("mobilevlm"):
-            raise RunConfigError(f"model config {name!r}: {MOBILEVLM_REFUSAL}")
-        raise RunConfigError(f"model config {name!r}: unknown family {family!r}; supported: {', '.join(FAMILIES)}")
-    if not model.get("tiny"):
-        path = model.get("path")
-        if not path:
-            raise RunConfigError(f"model config {name!r}: field 'path' is empty (and no 'tiny' family is given)")
-        local = str(path).startswith(("/", ".", "~")) or str(path).count("/") != 1
-        if local and not Path(str(path)).expanduser().exists():
-            raise RunConfigError(f"model.path={str(path)!r} does not exist (and is not a hub id owner/name)")
-    if attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise RunConfigError(
-            f"attn_implementation={attn_implementation!r}: expected one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    try:
+        check_model_config(model, dtype, device, attn_implementation)
+    except (ValueError, FileNotFoundError) as e:
+        raise RunConfigError(str(e)) from None
 
 
 def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequence[str] = ()) -> RunPlan:
@@ -176,7 +165,9 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
     for key in ("model", "method", "ratios"):
         if not isinstance(cfg.get(key), DictConfig):
             raise RunConfigError(f"config group {key!r} is missing: choose one with `{key}=<name>`")
-    check_model(cfg.model, str(cfg.attn_implementation))
+    device = resolve_device(str(cfg.device))
+    dtype = resolve_dtype(str(cfg.dtype), device)
+    check_model(cfg.model, dtype, device, str(cfg.attn_implementation))
     check_budget(cfg)
     datasets = select_datasets(cfg.datasets)
 
@@ -198,9 +189,6 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
         if bs < 1:
             raise RunConfigError(f"batch_size={bs} must be >= 1 or 'auto'")
         batch_sizes = {d: bs for d in datasets}
-
-    device = resolve_device(str(cfg.device))
-    dtype = resolve_dtype(str(cfg.dtype), device)
 
     table = OmegaConf.to_container(cfg.ratios, resolve=True)
     try:
