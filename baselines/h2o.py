@@ -18,7 +18,7 @@ from csp.select import top_selected_plus_recent
 
 def heavy_hitter_scores(kv: LayerKV, chunk_size: int) -> Tensor:
     """(kv_heads, L) column sums of every query's attention, over query chunks."""
-    return column_sums(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size).total
+    return column_sums(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size, workspace=kv.workspace).total
 
 
 def check_chunk_size(name: str, chunk_size: int) -> None:

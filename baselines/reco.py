@@ -28,7 +28,7 @@ from baselines.h2o import check_chunk_size
 
 def mean_and_std(kv: LayerKV, chunk_size: int) -> tuple[Tensor, Tensor]:
     """(kv_heads, L) each: mean and standard deviation of the attention each key receives."""
-    stats = column_sums(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size, squares=True)
+    stats = column_sums(kv.queries(), kv.keys, kv.scaling, chunk=chunk_size, squares=True, workspace=kv.workspace)
     mean = stats.total / stats.count
     var = (stats.total_sq / stats.count - mean.square()).clamp_min(0.0)
     return mean, var.sqrt()

@@ -24,7 +24,7 @@ POOLINGS = ("avg", "max")
 def window_scores(kv: LayerKV, window: int) -> Tensor:
     """(kv_heads, L) softmax attention of the last `window` queries, summed over them."""
     start = kv.length - window
-    logits = grouped_logits(kv.queries(window), kv.keys, kv.scaling, start)
+    logits = grouped_logits(kv.queries(window), kv.keys, kv.scaling, start, kv.workspace)
     return n_softmax(logits, 0.0, inplace=True).sum(dim=2).mean(dim=1)  # summed before averaging: one tensor held
 
 

@@ -13,20 +13,50 @@ import torch
 from torch import Tensor
 
 
-def grouped_logits(queries: Tensor, keys: Tensor, scaling: float, query_start: int) -> Tensor:
+class Workspace:
+    """One reusable float32 buffer for score tensors.
+
+    On the CPU every fresh large tensor is paid for again in page faults, layer after layer;
+    a method that scores every layer keeps one of these and writes its scores into it.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        size = 1
+        for n in shape:
+            size *= n
+        buf = self._buffer
+        if buf is None or buf.numel() < size or buf.device != torch.device(device):
+            buf = self._buffer = torch.empty(size, dtype=torch.float32, device=device)
+        return buf[:size].view(shape)
+
+
+def grouped_logits(
+    queries: Tensor, keys: Tensor, scaling: float, query_start: int, workspace: Workspace | None = None
+) -> Tensor:
     """Causal pre-softmax logits Q K^T * scaling, grouped per KV head.
 
     queries: (Hq, W, D) for prompt positions query_start .. query_start + W - 1;
     keys: (Hkv, L, D). Returns (Hkv, Hq // Hkv, W, L) float32, -inf where a key is in the
-    query's future.
+    query's future (written into `workspace` when given: valid until its next use).
     """
     hq, w, d = queries.shape
     hkv, length, _ = keys.shape
-    q = (queries.float() * scaling).view(hkv, hq // hkv, w, d)
-    logits = torch.matmul(q, keys.float().transpose(-1, -2).unsqueeze(1))
+    g = hq // hkv
+    q = (queries.float() * scaling).reshape(hkv, g * w, d)
+    k_t = keys.float().transpose(-1, -2)
+    if workspace is None:
+        logits = torch.bmm(q, k_t)
+    else:
+        logits = torch.bmm(q, k_t, out=workspace.take((hkv, g * w, length), keys.device))
+    logits = logits.view(hkv, g, w, length)
+    # only keys after query_start can lie in a window query's future
     q_pos = torch.arange(query_start, query_start + w, device=keys.device)
-    future = torch.arange(length, device=keys.device)[None, :] > q_pos[:, None]
-    return logits.masked_fill_(future, float("-inf"))
+    future = torch.arange(query_start, length, device=keys.device)[None, :] > q_pos[:, None]
+    logits[..., query_start:].masked_fill_(future, float("-inf"))
+    return logits
 
 
 def n_softmax(logits: Tensor, n: float = 1.0, *, inplace: bool = False) -> Tensor:
@@ -40,7 +70,7 @@ def n_softmax(logits: Tensor, n: float = 1.0, *, inplace: bool = False) -> Tenso
     m = logits.amax(dim=-1, keepdim=True)
     e = logits.sub_(m) if inplace else logits - m
     e = e.exp_()
-    denom = e.sum(dim=-1, keepdim=True, dtype=torch.float64)
+    denom = e.sum(dim=-1, keepdim=True).double()
     if n:
         denom += n * torch.exp(-m.double())
     return e.div_(denom.to(e.dtype))
@@ -55,7 +85,10 @@ class ColumnStats:
     count: Tensor  # (L,) number of queries that can see key j: L - j
 
 
-def column_sums(queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512, squares: bool = False) -> ColumnStats:
+def column_sums(
+    queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512, squares: bool = False,
+    workspace: Workspace | None = None,
+) -> ColumnStats:
     """Softmax attention of every prompt query, accumulated over query chunks, holding ONE
     chunk's scores at a time.
 
@@ -69,8 +102,10 @@ def column_sums(queries: Tensor, keys: Tensor, scaling: float, chunk: int = 512,
     hkv, length, _ = keys.shape
     total = torch.zeros(hkv, length, dtype=torch.float32, device=keys.device)
     total_sq = torch.zeros_like(total)
+    workspace = workspace or Workspace()  # every chunk's scores in the same buffer
     for start in range(0, length, chunk):
-        a = n_softmax(grouped_logits(queries[:, start : start + chunk], keys, scaling, start), 0.0, inplace=True)
+        logits = grouped_logits(queries[:, start : start + chunk], keys, scaling, start, workspace)
+        a = n_softmax(logits, 0.0, inplace=True)
         total += a.sum(dim=2).mean(dim=1)
         if squares:
             a = a.squeeze(1) if a.shape[1] == 1 else a.mean(dim=1)

@@ -87,12 +87,11 @@ class CrossSelfPruner(KVPruner):
     def scores(self, kv: LayerKV, window: int) -> tuple[Tensor, Tensor]:
         """(s_self, s_cross), each (Hkv, L): window attention split by query/key modality."""
         q = kv.queries(window)
-        logits = grouped_logits(q, kv.keys, kv.scaling, kv.length - window)
+        logits = grouped_logits(q, kv.keys, kv.scaling, kv.length - window, kv.workspace)
         attn = n_softmax(logits, self.n if self.score_fn == "nsoftmax" else 0.0, inplace=True)
-        visual_q = kv.visual[-window:].to(attn.dtype)
-        from_visual = torch.matmul(visual_q, attn).mean(dim=1)  # (W,) @ (Hkv, g, W, L): no copy of attn
-        from_all = attn.sum(dim=2).mean(dim=1)
-        del attn
+        # one pass over the scores: row 0 sums every window query, row 1 the visual ones
+        rows = torch.stack([torch.ones(window, device=attn.device), kv.visual[-window:].to(attn.dtype)])
+        from_all, from_visual = torch.matmul(rows, attn).mean(dim=1).unbind(dim=1)
         s_self = torch.where(kv.visual, from_visual, from_all - from_visual)
         return s_self, from_all - s_self
 

@@ -23,6 +23,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from csp.attention import Workspace
 from csp.method import KVPruner, LayerKV, Selection
 
 Evict = Literal["drop", "mask"]
@@ -97,6 +98,7 @@ class PruningHooks:
     _handles: list = field(default_factory=list, init=False, repr=False)
     _results: dict[int, _LayerResult] = field(default_factory=dict, init=False, repr=False)
     _caches: dict[int, object] = field(default_factory=dict, init=False, repr=False)
+    _workspace: Workspace = field(default_factory=Workspace, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._real = self.attention_mask.bool()
@@ -140,6 +142,7 @@ class PruningHooks:
                     visual=self._visual[b, pos],
                     scaling=float(module.scaling),
                     query_fn=self._query_fn(module, hidden[b], cos[b], sin[b], pos),
+                    workspace=self._workspace,
                 )
                 sel = self.method(kv)
                 if self.evict == "mask":

@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 from torch import Tensor
 
+from csp.attention import Workspace
+
 
 class ConfigError(ValueError):
     """A method or run configured with values that cannot work; raised before any model loads."""
@@ -36,6 +38,7 @@ class LayerKV:
     visual: Tensor
     scaling: float
     query_fn: Callable[[int | None], Tensor] = field(repr=False)
+    workspace: Workspace | None = field(default=None, repr=False)  # reusable score buffer
 
     @property
     def length(self) -> int:
