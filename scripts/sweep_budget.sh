@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every KV-pruning method at budgets 0.1, 0.2, 0.3 and 0.6 of the prompt (the paper's Table 3),
+# Every KV-pruning method at budgets 0.1, 0.2, 0.3 and 0.6 of the prompt (the paper's Figure 5),
 # plus the full cache once, as a Hydra multirun: results/<model>/<method>_b<budget>/.
 #   bash scripts/sweep_budget.sh limit=20
 #   bash scripts/sweep_budget.sh hydra/launcher=submitit_slurm hydra.launcher.gpus_per_node=1 ...
