@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from csp.generate import Decoder
+from csp.generate import Decoder, Inputs
 from csp.method import KVPruner
 
 FIDELITY_FILE = "fidelity.json"
@@ -77,22 +77,23 @@ def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:
 @torch.inference_mode()
 def batch_fidelity(
     adapter,
-    inputs: Mapping[str, Tensor],
+    inputs: Inputs | Sequence[Inputs],
     method: KVPruner,
     *,
     max_new_tokens: int = 512,
     min_new_tokens: int = 1,
 ) -> list[SampleFidelity]:
-    """Fidelity of `method` against the full cache for each sample of a left-padded batch.
+    """Fidelity of `method` against the full cache for each sample of a left-padded batch
+    (or of a list of single prompts, each prefilled alone: see `csp.generate.Decoder`).
 
     Holds both caches at once (the full one and the pruned one); the pruned decoder's
     per-layer mask hooks (ragged layouts) are active only during its own steps.
     """
     if max_new_tokens < 1 or min_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1 and min_new_tokens={min_new_tokens} >= 0")
-    eos = torch.tensor(sorted(set(adapter.eos_token_ids)), device=inputs["input_ids"].device)
     full = Decoder(adapter, inputs, None)
     pruned = Decoder(adapter, inputs, method)
+    eos = torch.tensor(sorted(set(adapter.eos_token_ids)), device=full.logits.device)
     bytes_ratio = pruned.kv_bytes / full.kv_bytes if full.kv_bytes else None
     ref_logits, our_logits = full.logits, pruned.logits
     batch = ref_logits.shape[0]

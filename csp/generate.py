@@ -8,7 +8,7 @@ pruned cache's slots, which differ between samples of a batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -62,6 +62,51 @@ def prefill(
     return logits, cache, hooks.layout()
 
 
+Inputs = Mapping[str, Tensor]
+
+
+def prefill_each(
+    adapter, samples: Sequence[Inputs], method: KVPruner | None, evict: Evict = "drop"
+) -> tuple[Tensor, DynamicCache, PrefillLayout]:
+    """Prefill every prompt alone, then stack the pruned caches into one left-padded batch.
+
+    Gives what a batched prefill gives (a batch equals its prompts run alone), without the
+    padding mask that makes CPU attention several times slower than plain causal attention;
+    decoding then runs batched over the stacked cache.
+    """
+    parts = [prefill(adapter, one, method, evict) for one in samples]
+    width = max(cache.get_seq_length() for _, cache, _ in parts)
+    cache = DynamicCache(config=adapter.model.config)
+    for i in range(len(parts[0][1].layers)):
+        keys = [_left_pad_to(part[1].layers[i].keys, width) for part in parts]
+        values = [_left_pad_to(part[1].layers[i].values, width) for part in parts]
+        cache.update(torch.cat(keys), torch.cat(values), i)
+    layouts = [layout for _, _, layout in parts]
+    layer_masks = None
+    if any(lay.ragged for lay in layouts):
+        heads = cache.layers[0].keys.shape[1]
+        per_sample = [lay.layer_masks or [lay.slot_mask[:, None, :].expand(-1, heads, -1)] * len(cache.layers)
+                      for lay in layouts]
+        layer_masks = [torch.cat([_left_pad_to(m[i], width) for m in per_sample]) for i in range(len(cache.layers))]
+    layout = PrefillLayout(
+        slot_mask=torch.cat([_left_pad_to(lay.slot_mask, width) for lay in layouts]),
+        prompt_lengths=torch.cat([lay.prompt_lengths for lay in layouts]),
+        layer_masks=layer_masks,
+        kept=torch.cat([lay.kept for lay in layouts], dim=1),
+    )
+    return torch.cat([logits for logits, _, _ in parts]), cache, layout
+
+
+def _left_pad_to(t: Tensor, width: int) -> Tensor:
+    """Pad the slot dimension (dim 2 of a cache tensor, the last of a mask) on the left."""
+    dim = 2 if t.dim() == 4 else t.dim() - 1
+    extra = width - t.shape[dim]
+    if not extra:
+        return t
+    pad = [0, 0] * (t.dim() - 1 - dim) + [extra, 0]
+    return torch.nn.functional.pad(t, pad)
+
+
 def decode_step(model, tokens: Tensor, cache, attention_mask: Tensor, positions: Tensor) -> Tensor:
     """One token per sample at explicit positions; returns its logits (B, V)."""
     out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions[:, None],
@@ -76,9 +121,14 @@ class Decoder:
     layouts, the per-layer mask hooks; use as a context manager so those hooks are removed.
     """
 
-    def __init__(self, adapter, inputs: Mapping[str, Tensor], method: KVPruner | None, evict: Evict = "drop"):
+    def __init__(self, adapter, inputs: Inputs | Sequence[Inputs], method: KVPruner | None, evict: Evict = "drop"):
+        """`inputs`: one left-padded batch (batched prefill), or a list of single prompts
+        (each prefilled alone, see `prefill_each`)."""
         self.model = adapter.model
-        self.logits, self.cache, self.layout = prefill(adapter, inputs, method, evict)
+        if isinstance(inputs, Sequence):
+            self.logits, self.cache, self.layout = prefill_each(adapter, inputs, method, evict)
+        else:
+            self.logits, self.cache, self.layout = prefill(adapter, inputs, method, evict)
         self.kv_bytes = cache_bytes(self.cache)
         self.steps = 0
         self._slots = self.layout.slot_mask.long()
@@ -108,23 +158,24 @@ class Decoder:
 @torch.inference_mode()
 def greedy_generate(
     adapter,
-    inputs: Mapping[str, Tensor],
+    inputs: Inputs | Sequence[Inputs],
     method: KVPruner | None = None,
     *,
     max_new_tokens: int = 512,
     min_new_tokens: int = 1,
     evict: Evict = "drop",
 ) -> GenerationOutput:
-    """Greedy decoding of a left-padded batch with `method` pruning the prompt's cache.
+    """Greedy decoding of a left-padded batch (or a list of single prompts, each prefilled
+    alone) with `method` pruning the prompt's cache.
 
     Each sample stops at its first EOS (not included in its tokens), after at least
     `min_new_tokens` and at most `max_new_tokens` tokens.
     """
     if max_new_tokens < 1 or min_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1 and min_new_tokens={min_new_tokens} >= 0")
-    eos = torch.tensor(sorted(set(adapter.eos_token_ids)), device=inputs["input_ids"].device)
     with Decoder(adapter, inputs, method, evict) as dec:
         logits = dec.logits
+        eos = torch.tensor(sorted(set(adapter.eos_token_ids)), device=logits.device)
         batch = logits.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
         tokens: list[list[int]] = [[] for _ in range(batch)]

@@ -171,3 +171,15 @@ def test_eager_and_sdpa_prune_alike(tiny_llava_path):
     eager = load_adapter("llava", str(tiny_llava_path), attn_implementation="eager")
     assert outs[0] == outs[1]
     assert run(eager, intersect).tokens == run(eager, intersect, evict="mask").tokens
+
+
+@pytest.mark.parametrize("method", [FullCache(), csp(budget=0.2), csp(budget=0.3, combine="intersection")],
+                         ids=["full", "csp-concat", "csp-intersection"])
+def test_prompts_prefilled_alone_then_decoded_together_equal_the_batch(tiny_llava, method):
+    batched = run(tiny_llava, method)
+    singles = [tiny_llava.encode([prompt(tiny_llava, n, w)], [images(n, seed=100 * n + w)]) for n, w in CASES]
+    each = greedy_generate(tiny_llava, singles, method, max_new_tokens=NEW)
+    assert each.tokens == batched.tokens
+    assert each.prompt_lengths == batched.prompt_lengths
+    assert each.kept_tokens == batched.kept_tokens
+    assert each.kv_bytes == batched.kv_bytes

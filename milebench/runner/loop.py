@@ -159,7 +159,11 @@ class Runner:
         """The model inputs of prepared samples; the chat template is applied here, by the
         adapter (a processor's jinja template may hold braces that str.format would eat)."""
         prompts = [self.adapter.format_prompt(b.text) for _, b, _ in ready]
-        return self.adapter.encode(prompts, [imgs for _, _, imgs in ready]).to(self.adapter.model.device)
+        images = [imgs for _, _, imgs in ready]
+        device = self.adapter.model.device
+        if self.plan.prefill == "per_sample":  # one input per prompt, decoded as one batch
+            return [self.adapter.encode([p], [im]).to(device) for p, im in zip(prompts, images)]
+        return self.adapter.encode(prompts, images).to(device)
 
     def run_batch(self, dataset: DatasetFile, batch: list[Sample], done: dict[int, Any], method: Any,
                   gen_kwargs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from milebench.runner import ratios
 DEFAULT_DATA_DIR = Path("data/milebench-synthetic")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("raise", "skip")
+PREFILL = ("auto", "batched", "per_sample")
 
 # Fields that may change between two runs into the same run folder: they select which
 # samples run, or where, but never change a prediction. Every other field must match.
@@ -49,6 +50,7 @@ class RunPlan:
     on_error: str
     device: str
     dtype: str
+    prefill: str  # batched | per_sample (resolved)
 
 
 def select_datasets(spec: Any) -> tuple[str, ...]:
@@ -177,6 +179,11 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
     max_new = _number(cfg, "max_new_tokens", integer=True)
     if max_new < 1:
         raise RunConfigError(f"max_new_tokens={max_new} must be >= 1")
+    prefill = str(cfg.get("prefill", "auto"))
+    if prefill not in PREFILL:
+        raise RunConfigError(f"prefill={prefill!r}: expected one of {', '.join(PREFILL)}")
+    if prefill == "auto":
+        prefill = "batched" if device.startswith("cuda") else "per_sample"
     if cfg.on_error not in ON_ERROR:
         raise RunConfigError(f"on_error={cfg.on_error!r}: expected raise or skip")
     if not isinstance(cfg.get("fidelity", False), bool):
@@ -217,4 +224,5 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
     run_dir = Path(str(cfg.output_dir)) / str(cfg.model.name) / run_name
     return RunPlan(datasets=datasets, data_dir=data_dir, generate_data=is_default, run_name=run_name,
                    run_dir=run_dir, batch_sizes=batch_sizes, dataset_settings=settings, limit=limit,
-                   max_new_tokens=max_new, on_error=str(cfg.on_error), device=device, dtype=dtype)
+                   max_new_tokens=max_new, on_error=str(cfg.on_error), device=device, dtype=dtype,
+                   prefill=prefill)
