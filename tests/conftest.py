@@ -1,7 +1,10 @@
 """Shared fixtures: the tiny checkpoints are built once under models/ and loaded the real way."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -27,3 +30,23 @@ def tiny_llava(tiny_llava_path: Path) -> ModelAdapter:
 @pytest.fixture(scope="session")
 def tiny_internvl(tiny_internvl_path: Path) -> ModelAdapter:
     return load_adapter("internvl", str(tiny_internvl_path), dtype="float32", device="cpu", attn_implementation="sdpa")
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load_script(name: str) -> ModuleType:
+    """Import scripts/<name>.py as a module, so tests call its functions and main()."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """`load_script("bench_efficiency")`: a script of scripts/ imported as a module."""
+    return _load_script

@@ -2,9 +2,7 @@
 the recorder inside a real prefill, and scripts/analyze_attention.py end to end."""
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +79,8 @@ def test_recorder_sees_every_causal_pair_and_keeps_the_cache(tiny_llava):
     assert all(v["intra"].size == 50 and v["cross"].size == 50 for v in capped.collected().values())
 
 
-def test_analyze_attention_script_writes_its_files(tiny_llava_path, tmp_path):
-    spec = importlib.util.spec_from_file_location("analyze_attention", ROOT / "scripts" / "analyze_attention.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["analyze_attention"] = module
-    spec.loader.exec_module(module)
+def test_analyze_attention_script_writes_its_files(tiny_llava_path, tmp_path, load_script):
+    module = load_script("analyze_attention")
     js = module.main(["--datasets", "ALFRED,MMCoQA", "--limit", "1", "--grid", "64", "--out", str(tmp_path)])
     layers = 4
     assert len(js) == layers * 3  # pooled + two datasets

@@ -2,9 +2,7 @@
 ratios taken to the full cache, duplicates seen by the distinct count, bad flags refused."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,12 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_efficiency", ROOT / "scripts" / "bench_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_efficiency"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("bench_efficiency")
 
 
 def test_alfred_like_prompt_layout(bench):

@@ -2,9 +2,7 @@
 and means it reports, the best cross ratio, and the files it writes."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,12 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def plots():
-    spec = importlib.util.spec_from_file_location("plot_sweeps", ROOT / "scripts" / "plot_sweeps.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["plot_sweeps"] = module
-    spec.loader.exec_module(module)
-    return module
+def plots(load_script):
+    return load_script("plot_sweeps")
 
 
 def make_run(results: Path, run: str, scores: dict[str, float], method: dict | None = None, budget=0.2) -> None:
