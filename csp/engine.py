@@ -22,6 +22,7 @@ from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
+from transformers.cache_utils import DynamicLayer
 
 from csp.attention import Workspace
 from csp.method import KVPruner, LayerKV, Selection
@@ -32,6 +33,47 @@ Evict = Literal["drop", "mask"]
 def _cache_layer(cache, layer_idx: int):
     """The object holding one layer's `keys` / `values` tensors (B, Hkv, T, D) in the cache."""
     return cache.layers[layer_idx]
+
+
+class RoomyLayer(DynamicLayer):
+    """A cache layer for decoding that appends into spare capacity.
+
+    transformers' DynamicLayer concatenates the whole layer at every step, so each decoded
+    token copies the cache once more; here entries are written into a buffer with room to
+    spare (grown by an eighth, at least 64 slots, when full), and `keys` / `values` are views
+    of its filled part.
+    """
+
+    MIN_ROOM = 64
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self._k = self._v = None
+        self._place(keys, values)
+
+    def _place(self, keys: Tensor, values: Tensor, extra: int = 0) -> None:
+        n = keys.shape[-2]
+        capacity = n + extra + max(self.MIN_ROOM, n // 8)
+        self._k = keys.new_empty(*keys.shape[:2], capacity, keys.shape[-1])
+        self._v = values.new_empty(*values.shape[:2], capacity, values.shape[-1])
+        self._k[:, :, :n], self._v[:, :, :n] = keys, values
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        n, add = self.keys.shape[-2], key_states.shape[-2]
+        if n + add > self._k.shape[-2]:
+            self._place(self.keys, self.values, add)
+        self._k[:, :, n : n + add] = key_states
+        self._v[:, :, n : n + add] = value_states
+        self.keys, self.values = self._k[:, :, : n + add], self._v[:, :, : n + add]
+        return self.keys, self.values
+
+
+def make_roomy(cache) -> None:
+    """Turn every layer of a prefilled cache into a RoomyLayer (same entries, same order)."""
+    for i, layer in enumerate(cache.layers):
+        cache.layers[i] = RoomyLayer(layer.keys, layer.values)
 
 
 def rotate_half(x: Tensor) -> Tensor:

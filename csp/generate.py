@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from csp.engine import Evict, LayerMaskHooks, PrefillLayout, PruningHooks
+from csp.engine import Evict, LayerMaskHooks, PrefillLayout, PruningHooks, make_roomy
 from csp.method import FullCache, KVPruner
 
 
@@ -130,6 +130,7 @@ class Decoder:
         else:
             self.logits, self.cache, self.layout = prefill(adapter, inputs, method, evict)
         self.kv_bytes = cache_bytes(self.cache)
+        make_roomy(self.cache)
         self.steps = 0
         self._slots = self.layout.slot_mask.long()
         self._mask_hooks = (

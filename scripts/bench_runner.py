@@ -2,7 +2,7 @@
 size (`batch_size=auto`, 24 on most datasets) against one sample per batch, on the same samples.
 
     .venv/bin/python scripts/bench_runner.py [--datasets WebQA,TQA,DocVQA] [--samples 24]
-        [--max-new-tokens 32] [--method full]
+        [--max-new-tokens 32] [--method full] [--repeats 3]
 
 The model is loaded once and handed to both runs, so the figures are the runner's loop:
 prompt building, image loading, encoding, generation, durable appends and scoring. Data is a
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=24, help="samples per dataset in the generated copy")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--method", default="full")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per batch size; medians are reported")
     args = ap.parse_args()
 
     data_dir = ensure_synthetic(ROOT / "data" / f"bench-runner-{args.samples}", samples=args.samples)
@@ -50,18 +52,22 @@ def main() -> None:
         warm.output_dir, warm.limit, warm.max_new_tokens = out, 1, 2
         run(warm, method_name=args.method, load_adapter=loaded)
 
+    walls: dict = {"auto": [], 1: []}
     results = {}
-    for bs in ("auto", 1):
-        with tempfile.TemporaryDirectory() as out:
-            cfg = base.copy()
-            cfg.output_dir, cfg.batch_size = out, bs
-            t0 = time.perf_counter()
-            run_dir = run(cfg, method_name=args.method, load_adapter=loaded)
-            wall = time.perf_counter() - t0
-            preds = {d: json.loads((run_dir / d / "pred.json").read_text()) for d in args.datasets.split(",")}
-        n = sum(len(p) for p in preds.values())
-        results[bs] = (n, wall, preds)
-        print(f"batch_size={bs!s:>4}: {n} samples in {wall:6.1f} s = {n / wall:6.2f} samples/s", flush=True)
+    for _ in range(args.repeats):  # interleaved, so that machine noise hits both alike
+        for bs in ("auto", 1):
+            with tempfile.TemporaryDirectory() as out:
+                cfg = base.copy()
+                cfg.output_dir, cfg.batch_size = out, bs
+                t0 = time.perf_counter()
+                run_dir = run(cfg, method_name=args.method, load_adapter=loaded)
+                walls[bs].append(time.perf_counter() - t0)
+                preds = {d: json.loads((run_dir / d / "pred.json").read_text()) for d in args.datasets.split(",")}
+            n = sum(len(p) for p in preds.values())
+            results[bs] = (n, statistics.median(walls[bs]), preds)
+    for bs, (n, wall, _) in results.items():
+        print(f"batch_size={bs!s:>4}: {n} samples in {wall:6.1f} s (median of {args.repeats}) = "
+              f"{n / wall:6.2f} samples/s", flush=True)
     (n_a, w_a, p_a), (n_1, w_1, p_1) = results["auto"], results[1]
     same = sum(a["pred_response"] == b["pred_response"] for d in p_a for a, b in zip(p_a[d], p_1[d]))
     print(f"speed-up auto vs 1: {(n_a / w_a) / (n_1 / w_1):.2f}x (target >= 2x); "
