@@ -183,3 +183,18 @@ def test_prompts_prefilled_alone_then_decoded_together_equal_the_batch(tiny_llav
     assert each.prompt_lengths == batched.prompt_lengths
     assert each.kept_tokens == batched.kept_tokens
     assert each.kv_bytes == batched.kv_bytes
+
+
+def test_roomy_layer_appends_like_concatenation_and_grows():
+    from csp.engine import RoomyLayer
+
+    torch.manual_seed(0)
+    keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    layer = RoomyLayer(keys, values)
+    expect_k, expect_v = keys, values
+    for step in range(RoomyLayer.MIN_ROOM + 10):  # past the first capacity
+        k, v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        out_k, out_v = layer.update(k, v, 0)
+        expect_k, expect_v = torch.cat([expect_k, k], dim=2), torch.cat([expect_v, v], dim=2)
+        assert torch.equal(out_k, expect_k) and torch.equal(out_v, expect_v)
+    assert layer.get_seq_length() == 5 + RoomyLayer.MIN_ROOM + 10
