@@ -13,7 +13,7 @@ method but CSP's intersection mode), one 2-D padding mask serves all layers and 
 kernel, flash-attention included. Otherwise (`ragged`), the decode loop installs a
 per-layer, per-head mask through a forward pre-hook on each attention module.
 
-Everything that depends on transformers' cache internals is in `_cache_layer`.
+Everything that depends on transformers' cache internals is in `_cache_layer` and `RoomyLayer`.
 """
 from __future__ import annotations
 
