@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +23,7 @@ from tqdm import tqdm
 
 from milebench import catalog
 from milebench.data import DatasetFile, load_dataset
+from milebench.files import write_atomic
 from milebench.metrics import (
     gold_key,
     match_choice,
@@ -174,15 +173,7 @@ def output_names(corrected: bool) -> dict[str, str]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Atomic: a reader never sees half a file, even if scoring runs while tables are built."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=4, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(obj, indent=4, ensure_ascii=False))
 
 
 def write_result_files(folder: Path, preds: list[dict[str, Any]], result: DatasetScore) -> None:

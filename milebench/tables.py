@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import pandas as pd
 import yaml
 
 from milebench import catalog
+from milebench.files import write_atomic
 
 REFERENCE_DIR = Path(__file__).with_name("reference")
 PAPER_BUDGET = 0.2
@@ -395,19 +394,6 @@ def _by_model(df: pd.DataFrame, heading: str) -> str:
     return "\n\n".join(parts) if parts else "_no runs found_"
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomic, so a concurrent reader never sees half a table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 TABLE1_HEADER = """# Table 1: task scores per model (x 100)
 
 Task = mean of its datasets; NH = mean of the two needle sets; IR = GPR1200; Realistic = mean
@@ -459,11 +445,11 @@ def build_tables(results_dir: Path | str, runs: Sequence[RunScores] | None = Non
                "identical to the full cache's.\n",
                to_markdown(fidelity_frame(runs, formatted=True))]
         written["fidelity.csv"] = results_dir / "fidelity.csv"
-        write_text(written["fidelity.csv"], fidelity_frame(runs).round(6).to_csv(index=False))
+        write_atomic(written["fidelity.csv"], fidelity_frame(runs).round(6).to_csv(index=False))
     written["eval_score.md"] = results_dir / "eval_score.md"
-    write_text(written["eval_score.md"], "\n".join(md) + "\n")
+    write_atomic(written["eval_score.md"], "\n".join(md) + "\n")
     written["eval_score.csv"] = results_dir / "eval_score.csv"
-    write_text(written["eval_score.csv"], scores.round(4).to_csv(index=False))
+    write_atomic(written["eval_score.csv"], scores.round(4).to_csv(index=False))
 
     t1 = table_frame(runs, "table1", (*TABLE1_COLUMNS, *OVERALL_COLUMNS, *ROUGE_SCORE_COLUMNS))
     t3 = table_frame(runs, "table3", TABLE3_COLUMNS)
@@ -473,7 +459,7 @@ def build_tables(results_dir: Path | str, runs: Sequence[RunScores] | None = Non
                                             lookm_display=METHOD_DISPLAY[TABLE3_LOOKM])),
     ):
         written[f"{name}.md"] = results_dir / f"{name}.md"
-        write_text(written[f"{name}.md"], header + "\n" + _by_model(frame, name) + "\n")
+        write_atomic(written[f"{name}.md"], header + "\n" + _by_model(frame, name) + "\n")
         written[f"{name}.csv"] = results_dir / f"{name}.csv"
-        write_text(written[f"{name}.csv"], frame.round(4).to_csv(index=False))
+        write_atomic(written[f"{name}.csv"], frame.round(4).to_csv(index=False))
     return written

@@ -16,7 +16,6 @@ a grid, per layer), <out>/attention.md and <out>/attention.png.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from csp.attention_stats import AttentionRecorder, kde_js, to_log10  # noqa: E402
+from milebench.files import atomic_path, write_atomic  # noqa: E402
 
 MODEL_CONFIGS = ROOT / "configs" / "model"
 POOLED = "all"
@@ -162,12 +162,6 @@ def js_markdown(js: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     datasets = load_data(args)  # bad data fails before the model loads
@@ -193,13 +187,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     js = pd.DataFrame(rows + js_rows)
     kde = pd.DataFrame(kde_rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    _write(args.out / "js.csv", lambda p: js.to_csv(p, index=False))
-    _write(args.out / "kde.csv", lambda p: kde.to_csv(p, index=False))
+    write_atomic(args.out / "js.csv", js.to_csv(index=False))
+    write_atomic(args.out / "kde.csv", kde.to_csv(index=False))
     md = (f"## Intra- vs cross-modality attention: JS divergence per layer ({args.model}, "
           f"{args.limit} sample(s) per dataset; nats, max ln 2 = 0.693)\n\n" + js_markdown(js))
-    _write(args.out / "attention.md", lambda p: p.write_text(md, encoding="utf-8"))
-    _write(args.out / "attention.png",
-           lambda p: plot(js, kde, p, f"{args.model}: {', '.join(d.name for d in datasets)}"))
+    write_atomic(args.out / "attention.md", md)
+    with atomic_path(args.out / "attention.png") as png:
+        plot(js, kde, png, f"{args.model}: {', '.join(d.name for d in datasets)}")
     print(md)
     print(f"wrote {args.out}/js.csv, kde.csv, attention.md, attention.png")
     return js

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -48,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from csp.generate import Decoder  # noqa: E402
 from csp.method import ConfigError, FullCache  # noqa: E402
+from milebench.files import atomic_path, write_atomic  # noqa: E402
 
 METHOD_CONFIGS = ROOT / "configs" / "method"
 BUDGETS = (1.0, 0.6, 0.3, 0.2, 0.1)
@@ -281,12 +281,6 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="csp", help="a configs/method/<name>.yaml (the 100%% row is the full cache)")
@@ -359,10 +353,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     record = {"setup": setup, "rows": [dict(asdict(r), memory_target_met=r.memory_target_met) for r in rows],
               "paper": {"latency_ratio": PAPER_LATENCY, "memory_ratio": PAPER_MEMORY, "ms_per_token": PAPER_MS}}
     write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2, default=str) + "\n")
-    png = stem.with_suffix(".png")
-    tmp_png = png.with_name(f".{png.stem}.{os.getpid()}.tmp.png")
-    plot(rows, tmp_png, f"{args.method}, {setup['layers']} layers, L = {setup['prompt_length']}, {device_name}")
-    os.replace(tmp_png, png)
+    with atomic_path(stem.with_suffix(".png")) as tmp_png:
+        plot(rows, tmp_png, f"{args.method}, {setup['layers']} layers, L = {setup['prompt_length']}, {device_name}")
     print(f"wrote {stem}.md, .json, .png")
     return rows
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from milebench import catalog  # noqa: E402
+from milebench.files import atomic_path, write_atomic  # noqa: E402
 from milebench.tables import CONFIG_FILE, METHOD_DISPLAY, RunScores, collect_run, find_runs  # noqa: E402
 
 # CSP's defaults, for runs whose config does not spell a setting out
@@ -276,12 +276,6 @@ FIGURES = {
 }
 
 
-def _write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=ROOT / "results", help="folder of <model>/<run>/<D>/")
@@ -300,9 +294,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
             continue
         out.mkdir(parents=True, exist_ok=True)
         md = md_fn(df)
-        _write(out / f"{name}.csv", lambda p: df.to_csv(p, index=False))
-        _write(out / f"{name}.md", lambda p: p.write_text(md, encoding="utf-8"))
-        _write(out / f"{name}.png", lambda p: plot_fn(df, p))
+        write_atomic(out / f"{name}.csv", df.to_csv(index=False))
+        write_atomic(out / f"{name}.md", md)
+        with atomic_path(out / f"{name}.png") as png:
+            plot_fn(df, png)
         print(md)
         print(f"wrote {out / name}.csv, .md, .png")
         frames[name] = df

@@ -22,7 +22,8 @@ from milebench.data import DataError, DatasetFile, Sample, load_dataset
 from milebench.runner import dist as dist_mod
 from milebench.score import score_dataset
 from milebench.runner.settings import RunConfigError, RunPlan, check_budget, fingerprint, make_plan
-from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines, write_atomic
+from milebench.files import write_atomic
+from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines
 
 log = logging.getLogger("milebench.run")
 
