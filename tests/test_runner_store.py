@@ -5,7 +5,8 @@ import json
 
 from milebench.runner.dist import Dist
 from milebench.runner.loop import batches_of
-from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines, write_atomic
+from milebench.files import write_atomic
+from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines
 
 
 def rec(sid: int, text: str = "x") -> dict:
