@@ -39,17 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from csp import registry  # noqa: E402
 from csp.generate import Decoder  # noqa: E402
 from csp.method import ConfigError, FullCache  # noqa: E402
 from milebench.files import atomic_path, write_atomic  # noqa: E402
 
-METHOD_CONFIGS = ROOT / "configs" / "method"
 BUDGETS = (1.0, 0.6, 0.3, 0.2, 0.1)
 # CSP paper, Table 2 (LLaVA-1.5-7B, RTX 4090, ALFRED): ratios to the full cache.
 PAPER_LATENCY = {1.0: 1.0, 0.6: 0.937, 0.3: 0.808, 0.2: 0.758, 0.1: 0.626}
@@ -100,15 +99,7 @@ def build_method(name: str, budget: float, recent_share: float):
     budget 1.0 is the full cache whatever the method."""
     if budget >= 1.0:
         return FullCache()
-    from hydra.utils import instantiate
-
-    path = METHOD_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in METHOD_CONFIGS.glob("*.yaml")))
-        raise SystemExit(f"error: --method {name}: no {path}; known methods: {known}")
-    cfg = OmegaConf.create({"budget": budget, "recent_ratio": round(budget * recent_share, 12),
-                            "budget_tokens": None, "method": OmegaConf.load(path)})
-    method = instantiate(cfg.method)
+    method = registry.build_method(name, budget, round(budget * recent_share, 12))
     return method.for_dataset({"cross_ratio": 0.5, "bias": 1.0})
 
 

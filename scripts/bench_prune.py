@@ -22,29 +22,22 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from csp import registry  # noqa: E402
 from csp.engine import PruningHooks, _cache_layer  # noqa: E402
 from csp.profiling import PeakMemory  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
-
-
 def build_method(name: str, budget: float, recent_ratio: float):
-    cfg = OmegaConf.create({"budget": budget, "recent_ratio": recent_ratio, "budget_tokens": None,
-                            "method": OmegaConf.load(CONFIGS / f"{name}.yaml")})
-    method = instantiate(cfg.method)
-    return method.for_dataset({"cross_ratio": 0.5, "bias": 1.0})
+    return registry.build_method(name, budget, recent_ratio).for_dataset({"cross_ratio": 0.5, "bias": 1.0})
 
 
 def method_names(spec: str) -> list[str]:
     """`all` = every pruning method with a config (CSP first, then the baselines), else a list."""
     if spec != "all":
         return spec.split(",")
-    names = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem not in ("full", "csp"))
+    names = [n for n in registry.method_names() if n not in ("full", "csp")]
     return ["csp", *names]
 
 

@@ -2,27 +2,16 @@
 everything reproduces the full cache token for token, and a 0.2 budget really shrinks the cache."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
 from csp.generate import greedy_generate
+from csp.registry import build_method
 from csp.models import ModelAdapter
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
 BASELINES = ["h2o", "snapkv", "reco", "lookm-a", "lookm-w", "lookm-p", "lookm-tp-a", "lookm-tp-w", "lookm-tp-p"]
 NEW_TOKENS = 4
-
-
-def method_from_yaml(name: str, budget: float, recent_ratio: float = 0.1):
-    """The method as `method=<name> budget=<budget>` composes it: the YAML's interpolations
-    read the run's shared budget fields."""
-    cfg = OmegaConf.create({"budget": budget, "recent_ratio": recent_ratio, "budget_tokens": None,
-                            "method": OmegaConf.load(CONFIGS / f"{name}.yaml")})
-    return instantiate(cfg.method)
 
 
 def two_prompts(adapter: ModelAdapter):
@@ -49,7 +38,7 @@ def model_and_full(request):
 @pytest.mark.parametrize("name", BASELINES)
 def test_keep_everything_equals_full(model_and_full, name: str) -> None:
     adapter, inputs, full = model_and_full
-    out = greedy_generate(adapter, inputs, method_from_yaml(name, budget=1.0),
+    out = greedy_generate(adapter, inputs, build_method(name, budget=1.0),
                           max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
     assert out.tokens == full.tokens
     assert out.kv_bytes == full.kv_bytes
@@ -59,7 +48,7 @@ def test_keep_everything_equals_full(model_and_full, name: str) -> None:
 @pytest.mark.parametrize("name", BASELINES)
 def test_budget_shrinks_the_cache(model_and_full, name: str) -> None:
     adapter, inputs, full = model_and_full
-    method = method_from_yaml(name, budget=0.2)
+    method = build_method(name, budget=0.2)
     out = greedy_generate(adapter, inputs, method, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
     assert [len(t) for t in out.tokens] == [NEW_TOKENS, NEW_TOKENS]
     assert out.prompt_lengths == full.prompt_lengths

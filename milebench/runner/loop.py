@@ -37,18 +37,10 @@ GenerateFn = Callable[..., Any]
 
 def instantiate_method(method_cfg: DictConfig) -> Any:
     """Build the method object from its yaml; a bad value is a RunConfigError, before any model."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from csp.registry import instantiate_method as build
 
-    if "_target_" not in method_cfg:
-        raise RunConfigError("method config has no _target_; choose a method with `method=<name>`")
     try:
-        return instantiate(method_cfg)
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        if isinstance(cause, ConfigError):
-            raise RunConfigError(str(cause)) from None
-        raise RunConfigError(f"method {method_cfg._target_}: {cause}") from None
+        return build(method_cfg)
     except ConfigError as e:
         raise RunConfigError(str(e)) from None
 

@@ -1,0 +1,47 @@
+"""Methods by their config name, built the way a run builds them.
+
+A run composes `configs/method/<name>.yaml` with the top-level budget fields through Hydra
+(`_target_` is the registry). Benchmarks, analyses and tests build the same object from the
+same file here, so they measure exactly what a run uses, and a bad value is a ConfigError.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import OmegaConf
+
+from csp.method import ConfigError, KVPruner
+
+METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
+
+
+def method_names() -> list[str]:
+    return sorted(p.stem for p in METHOD_CONFIGS.glob("*.yaml"))
+
+
+def instantiate_method(method_cfg: Mapping[str, Any]) -> KVPruner:
+    """Hydra's instantiate, with the method's own ConfigError (not Hydra's wrapper) on bad values."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if "_target_" not in method_cfg:
+        raise ConfigError("method config has no _target_; choose a method with `method=<name>`")
+    try:
+        return instantiate(method_cfg)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(f"method {method_cfg['_target_']}: {cause}") from None
+
+
+def build_method(name: str, budget: float = 0.2, recent_ratio: float = 0.1,
+                 budget_tokens: int | None = None) -> KVPruner:
+    """`method=<name> budget=... recent_ratio=... budget_tokens=...` as a run composes it."""
+    path = METHOD_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    cfg = OmegaConf.create({"budget": budget, "recent_ratio": recent_ratio, "budget_tokens": budget_tokens,
+                            "method": OmegaConf.load(path)})
+    return instantiate_method(cfg.method)
