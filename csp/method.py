@@ -87,6 +87,17 @@ class Budget:
         return self.selected + self.recent
 
 
+def check_budget_fields(budget: float, recent_ratio: float, budget_tokens: int | None) -> None:
+    """The rules of the budget fields every method shares (the runner checks them too, since
+    the full cache does not read them)."""
+    if not 0.0 < budget <= 1.0:
+        raise ConfigError(f"budget={budget} is out of range: a kept fraction in (0, 1]")
+    if not 0.0 <= recent_ratio <= budget:
+        raise ConfigError(f"recent_ratio={recent_ratio} is out of range: it must lie in [0, budget={budget}]")
+    if budget_tokens is not None and budget_tokens < 1:
+        raise ConfigError(f"budget_tokens={budget_tokens} must be >= 1 (or null for the fraction `budget`)")
+
+
 @dataclass
 class KVPruner:
     """Base of every method: the shared budget fields, their validation and the guards.
@@ -107,14 +118,10 @@ class KVPruner:
     name: ClassVar[str] = "base"
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.budget <= 1.0:
-            raise ConfigError(f"{self.name}: budget={self.budget} must be a fraction in (0, 1]")
-        if not 0.0 <= self.recent_ratio <= self.budget:
-            raise ConfigError(
-                f"{self.name}: recent_ratio={self.recent_ratio} must lie in [0, budget={self.budget}]"
-            )
-        if self.budget_tokens is not None and self.budget_tokens < 1:
-            raise ConfigError(f"{self.name}: budget_tokens={self.budget_tokens} must be >= 1")
+        try:
+            check_budget_fields(self.budget, self.recent_ratio, self.budget_tokens)
+        except ConfigError as e:
+            raise ConfigError(f"{self.name}: {e}") from None
 
     def split_budget(self, length: int) -> Budget:
         """The reference arithmetic: hh = int(hh_ratio * L), R = int(recent_ratio * L)."""

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from csp.method import ConfigError
+from csp.method import ConfigError, check_budget_fields
 from milebench import catalog
 from milebench.runner import ratios
 
@@ -91,14 +91,12 @@ def _number(cfg: DictConfig, key: str, *, integer: bool = False, allow_none: boo
 
 def check_budget(cfg: DictConfig) -> None:
     budget = _number(cfg, "budget")
-    if not 0.0 < budget <= 1.0:
-        raise RunConfigError(f"budget={budget} is out of range: a kept fraction in (0, 1]")
     recent = _number(cfg, "recent_ratio")
-    if not 0.0 <= recent <= budget:
-        raise RunConfigError(f"recent_ratio={recent} is out of range: it must lie in [0, budget={budget}]")
     tokens = _number(cfg, "budget_tokens", integer=True, allow_none=True)
-    if tokens is not None and tokens < 1:
-        raise RunConfigError(f"budget_tokens={tokens} must be >= 1 (or null for the fraction `budget`)")
+    try:
+        check_budget_fields(budget, recent, tokens)
+    except ConfigError as e:
+        raise RunConfigError(str(e)) from None
 
 
 def resolve_device(device: str) -> str:
