@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from csp.generate import Decoder, Inputs
+from csp.generate import Decoder, Inputs, greedy_pick
 from csp.method import KVPruner
 
 FIDELITY_FILE = "fidelity.json"
@@ -104,11 +104,8 @@ def batch_fidelity(
     first: list[int | None] = [None] * batch
     for step in range(max_new_tokens):
         kl = kl_divergence(ref_logits, our_logits).double().cpu()
-        ref_pick, our_pick = ref_logits.clone(), our_logits.clone()
-        if step < min_new_tokens:
-            ref_pick[:, eos] = float("-inf")
-            our_pick[:, eos] = float("-inf")
-        ref_tok, our_tok = ref_pick.argmax(dim=-1), our_pick.argmax(dim=-1)
+        allow_eos = step >= min_new_tokens
+        ref_tok, our_tok = greedy_pick(ref_logits, eos, allow_eos), greedy_pick(our_logits, eos, allow_eos)
         same = (ref_tok == our_tok).cpu()
         active = (~finished).cpu()
         kl_sum += torch.where(active, kl, torch.zeros_like(kl))

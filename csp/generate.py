@@ -107,6 +107,13 @@ def _left_pad_to(t: Tensor, width: int) -> Tensor:
     return torch.nn.functional.pad(t, pad)
 
 
+def greedy_pick(logits: Tensor, eos: Tensor, allow_eos: bool) -> Tensor:
+    """The greedy token of each row (B, V); EOS is barred until `min_new_tokens` are out."""
+    if not allow_eos:
+        logits = logits.index_fill(-1, eos, float("-inf"))
+    return logits.argmax(dim=-1)
+
+
 def decode_step(model, tokens: Tensor, cache, attention_mask: Tensor, positions: Tensor) -> Tensor:
     """One token per sample at explicit positions; returns its logits (B, V)."""
     out = model(input_ids=tokens[:, None], attention_mask=attention_mask, position_ids=positions[:, None],
@@ -181,9 +188,7 @@ def greedy_generate(
         finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
         tokens: list[list[int]] = [[] for _ in range(batch)]
         for step in range(max_new_tokens):
-            if step < min_new_tokens:
-                logits[:, eos] = float("-inf")
-            nxt = logits.argmax(dim=-1)
+            nxt = greedy_pick(logits, eos, allow_eos=step >= min_new_tokens)
             finished |= torch.isin(nxt, eos)
             for b in (~finished).nonzero().squeeze(-1).tolist():
                 tokens[b].append(int(nxt[b]))
