@@ -195,9 +195,8 @@ class PruningHooks:
                 kept_v.append(v)
                 valid.append(ok)
                 kept.append(ok.float().sum(-1).mean())
-        layer.keys, slots = _left_pad(kept_k)
-        layer.values, _ = _left_pad(kept_v)
-        self._results[layer_idx] = _LayerResult(_left_pad_mask(valid, slots), torch.stack(kept))
+        layer.keys, layer.values = stack_left_padded(kept_k, -2), stack_left_padded(kept_v, -2)
+        self._results[layer_idx] = _LayerResult(stack_left_padded(valid, -1), torch.stack(kept))
         self._caches[layer_idx] = cache
 
     @staticmethod
@@ -247,13 +246,9 @@ class PruningHooks:
         width = max(self._results[i].valid.shape[-1] for i in layers)
         masks = []
         for i in layers:
-            res = self._results[i]
-            extra = width - res.valid.shape[-1]
-            if extra:
-                layer = _cache_layer(self._caches[i], i)
-                layer.keys = nn.functional.pad(layer.keys, (0, 0, extra, 0))
-                layer.values = nn.functional.pad(layer.values, (0, 0, extra, 0))
-                res.valid = nn.functional.pad(res.valid, (extra, 0), value=False)
+            res, layer = self._results[i], _cache_layer(self._caches[i], i)
+            layer.keys, layer.values = left_pad(layer.keys, width, -2), left_pad(layer.values, width, -2)
+            res.valid = left_pad(res.valid, width, -1)
             masks.append(res.valid)
         first = masks[0][:, 0]
         uniform = all(bool((m == first[:, None, :]).all()) for m in masks)
@@ -273,20 +268,19 @@ def _as_slice(pos: Tensor, padded_len: int) -> slice | Tensor:
     return pos
 
 
-def _left_pad(tensors: list[Tensor]) -> tuple[Tensor, int]:
-    """Stack per-sample (Hkv, K_b, D) tensors into (B, Hkv, N, D), padding on the left."""
-    width = max(t.shape[1] for t in tensors)
-    out = tensors[0].new_zeros(len(tensors), tensors[0].shape[0], width, tensors[0].shape[-1])
-    for b, t in enumerate(tensors):
-        out[b, :, width - t.shape[1] :] = t
-    return out, width
+def left_pad(t: Tensor, width: int, dim: int) -> Tensor:
+    """`t` with zeros (False) added on the left of its slot dimension `dim` (negative) up to
+    `width`: cache tensors (..., slots, D) use dim=-2, slot masks (..., slots) dim=-1."""
+    extra = width - t.shape[dim]
+    if not extra:
+        return t
+    return nn.functional.pad(t, [0, 0] * (-dim - 1) + [extra, 0])
 
 
-def _left_pad_mask(masks: list[Tensor], width: int) -> Tensor:
-    out = torch.zeros(len(masks), masks[0].shape[0], width, dtype=torch.bool, device=masks[0].device)
-    for b, m in enumerate(masks):
-        out[b, :, width - m.shape[1] :] = m
-    return out
+def stack_left_padded(tensors: list[Tensor], dim: int) -> Tensor:
+    """Per-sample tensors with different slot counts, stacked into one left-padded batch."""
+    width = max(t.shape[dim] for t in tensors)
+    return torch.stack([left_pad(t, width, dim) for t in tensors])
 
 
 @dataclass

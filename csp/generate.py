@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from csp.engine import Evict, LayerMaskHooks, PrefillLayout, PruningHooks, make_roomy
+from csp.engine import Evict, LayerMaskHooks, PrefillLayout, PruningHooks, left_pad, make_roomy
 from csp.method import FullCache, KVPruner
 
 
@@ -78,8 +78,8 @@ def prefill_each(
     width = max(cache.get_seq_length() for _, cache, _ in parts)
     cache = DynamicCache(config=adapter.model.config)
     for i in range(len(parts[0][1].layers)):
-        keys = [_left_pad_to(part[1].layers[i].keys, width) for part in parts]
-        values = [_left_pad_to(part[1].layers[i].values, width) for part in parts]
+        keys = [left_pad(part[1].layers[i].keys, width, -2) for part in parts]
+        values = [left_pad(part[1].layers[i].values, width, -2) for part in parts]
         cache.update(torch.cat(keys), torch.cat(values), i)
     layouts = [layout for _, _, layout in parts]
     layer_masks = None
@@ -87,24 +87,14 @@ def prefill_each(
         heads = cache.layers[0].keys.shape[1]
         per_sample = [lay.layer_masks or [lay.slot_mask[:, None, :].expand(-1, heads, -1)] * len(cache.layers)
                       for lay in layouts]
-        layer_masks = [torch.cat([_left_pad_to(m[i], width) for m in per_sample]) for i in range(len(cache.layers))]
+        layer_masks = [torch.cat([left_pad(m[i], width, -1) for m in per_sample]) for i in range(len(cache.layers))]
     layout = PrefillLayout(
-        slot_mask=torch.cat([_left_pad_to(lay.slot_mask, width) for lay in layouts]),
+        slot_mask=torch.cat([left_pad(lay.slot_mask, width, -1) for lay in layouts]),
         prompt_lengths=torch.cat([lay.prompt_lengths for lay in layouts]),
         layer_masks=layer_masks,
         kept=torch.cat([lay.kept for lay in layouts], dim=1),
     )
     return torch.cat([logits for logits, _, _ in parts]), cache, layout
-
-
-def _left_pad_to(t: Tensor, width: int) -> Tensor:
-    """Pad the slot dimension (dim 2 of a cache tensor, the last of a mask) on the left."""
-    dim = 2 if t.dim() == 4 else t.dim() - 1
-    extra = width - t.shape[dim]
-    if not extra:
-        return t
-    pad = [0, 0] * (t.dim() - 1 - dim) + [extra, 0]
-    return torch.nn.functional.pad(t, pad)
 
 
 def greedy_pick(logits: Tensor, eos: Tensor, allow_eos: bool) -> Tensor:
