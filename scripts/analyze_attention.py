@@ -83,22 +83,13 @@ def load_data(args) -> list:
 
 def record_dataset(adapter, dataset, args) -> AttentionRecorder:
     """One prefill per sample with the recorder as the 'method'; nothing is decoded."""
-    from PIL import Image
-
     from csp.generate import prefill
-    from milebench.prompt import build_prompt
+    from milebench.runner.loop import prepare_sample
 
     recorder = AttentionRecorder(max_per_layer=args.max_per_layer)
-    template = adapter.format_prompt("{prompt}")
     for sample in tqdm(dataset.samples[: args.limit], desc=dataset.name, unit="sample", leave=False):
-        built = build_prompt(sample, tokenizer=adapter.processor.tokenizer, image_token=adapter.image_token,
-                             template=template, max_context_len=int(args.model_cfg.max_context_len),
-                             tokens_per_image=int(adapter.tokens_per_image), dataset_root=dataset.root)
-        images = []
-        for path in built.images:
-            with Image.open(path) as im:
-                images.append(im.convert("RGB"))
-        inputs = adapter.encode([built.text], [images])
+        built, images = prepare_sample(adapter, sample, dataset, int(args.model_cfg.max_context_len))
+        inputs = adapter.encode([adapter.format_prompt(built.text)], [images])
         with torch.inference_mode():
             prefill(adapter, inputs, recorder)
     return recorder

@@ -80,6 +80,30 @@ def method_record(name: str, method: Any) -> dict[str, Any]:
     return rec
 
 
+def prepare_sample(adapter: Any, sample: Sample, dataset: DatasetFile, max_context_len: int,
+                   combine_image: bool = False) -> tuple[Any, list]:
+    """MileBench's prompt for `sample` (truncated, markers turned into the model's image token,
+    no chat template yet) and its kept images, opened. The chat template is applied by
+    `adapter.format_prompt` at encoding, since a processor's jinja template may hold braces
+    that str.format would eat. An unreadable image is a DataError naming the sample."""
+    from PIL import Image
+
+    from milebench.prompt import build_prompt
+
+    built = build_prompt(
+        sample, tokenizer=adapter.processor.tokenizer, image_token=adapter.image_token, template="{prompt}",
+        max_context_len=max_context_len, tokens_per_image=int(adapter.tokens_per_image),
+        combine_image=combine_image, dataset_root=dataset.root)
+    images = []
+    for p in built.images:
+        try:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        except OSError as e:
+            raise DataError(f"dataset {sample.dataset}, sample {sample.sample_id}: image {p} cannot be read: {e}")
+    return built, images
+
+
 def batches_of(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
     return [list(samples[i:i + size]) for i in range(0, len(samples), size)]
 
@@ -122,26 +146,11 @@ class Runner:
 
     # -- one batch ---------------------------------------------------------------------------
     def prepare(self, dataset: DatasetFile, batch: list[Sample]) -> list[tuple[Sample, Any, list]]:
-        from PIL import Image
-
-        from milebench.prompt import build_prompt
-
-        ad, model_cfg = self.adapter, self.cfg.model
         ready = []
         for s in batch:
             try:
-                built = build_prompt(
-                    s, tokenizer=ad.processor.tokenizer, image_token=ad.image_token,
-                    template="{prompt}", max_context_len=int(model_cfg.max_context_len),
-                    tokens_per_image=int(ad.tokens_per_image), combine_image=bool(self.cfg.combine_image),
-                    dataset_root=dataset.root)
-                images = []
-                for p in built.images:
-                    try:
-                        with Image.open(p) as im:
-                            images.append(im.convert("RGB"))
-                    except OSError as e:
-                        raise DataError(f"dataset {s.dataset}, sample {s.sample_id}: image {p} cannot be read: {e}")
+                built, images = prepare_sample(self.adapter, s, dataset, int(self.cfg.model.max_context_len),
+                                               bool(self.cfg.combine_image))
             except DataError as e:
                 self.fail(s.dataset, s.sample_id, e)
                 continue
