@@ -1,0 +1,217 @@
+"""Mutation check: plant plausible one-line bugs, one at a time, and see whether the tests catch them.
+
+A test suite that compares the code with itself passes whatever the code computes; this
+script is how we know ours does not. Each mutant names a file, an exact piece of text in it
+(found exactly once), its buggy replacement and the test files that ought to fail. For each,
+the working tree (uncommitted edits included, without .venv / models / data / results /
+.git) is copied to a temporary folder, the bug is applied THERE, and the named tests run
+there with pytest -x; the repository itself is never touched.
+
+    .venv/bin/python scripts/mutants.py                 # every mutant
+    .venv/bin/python scripts/mutants.py --only engine-visual-inverted --only csp-window-long
+    .venv/bin/python scripts/mutants.py --list
+
+Prints KILLED / SURVIVED per mutant and a summary; exits 1 if any survived (or could not be
+applied: STALE, or the tests errored in another way: ERROR).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = REPO / ".venv" / "bin" / "python"
+SKIP = {".venv", ".git", "models", "data", "results", "outputs", "multirun", "__pycache__", ".pytest_cache"}
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    old: str  # exact text, must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # test files that should catch it
+
+
+TRUTH = "tests/test_engine_truth.py"
+
+MUTANTS: list[Mutant] = [
+    # engine and methods
+    Mutant("engine-queries-no-rotary", "csp/engine.py",
+           "return q * cos + rotate_half(q) * sin", "return q", (TRUTH,)),
+    Mutant("engine-rotary-sin-sign", "csp/engine.py",
+           "return q * cos + rotate_half(q) * sin", "return q * cos - rotate_half(q) * sin", (TRUTH,)),
+    Mutant("engine-visual-inverted", "csp/engine.py",
+           "self._visual = self.input_ids == self.image_token_id",
+           "self._visual = self.input_ids != self.image_token_id", (TRUTH,)),
+    Mutant("engine-visual-off-by-one", "csp/engine.py",
+           "visual=self._visual[b, pos],", "visual=self._visual[b, pos - 1],", (TRUTH,)),
+    Mutant("engine-window-queries-shifted", "csp/engine.py",
+           "p = pos if last is None else pos[pos.numel() - last :]",
+           "p = pos if last is None else pos[pos.numel() - last - 1 : -1]", (TRUTH,)),
+    Mutant("engine-gather-off-by-one", "csp/engine.py",
+           "idx = sel.index.unsqueeze(-1).expand(-1, -1, kv.keys.shape[-1])",
+           "idx = (sel.index - 1).clamp(min=0).unsqueeze(-1).expand(-1, -1, kv.keys.shape[-1])", (TRUTH,)),
+    Mutant("engine-roomy-append-offset", "csp/engine.py",
+           "self._k[:, :, n : n + add] = key_states", "self._k[:, :, n - 1 : n + add - 1] = key_states",
+           (TRUTH,)),
+    Mutant("engine-eager-mask-inverted", "csp/engine.py",
+           "mask = mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)",
+           "mask = mask.masked_fill(allowed, torch.finfo(hidden.dtype).min)", (TRUTH,)),
+    Mutant("engine-layer-mask-heads-tiled", "csp/engine.py",
+           "allowed = allowed.repeat_interleave(groups, dim=1)", "allowed = allowed.repeat(1, groups, 1)",
+           (TRUTH,)),
+    Mutant("engine-layer-mask-new-token-hidden", "csp/engine.py",
+           "new = torch.ones(b, prompt_mask.shape[1], self.generated + q_len,",
+           "new = torch.zeros(b, prompt_mask.shape[1], self.generated + q_len,", (TRUTH,)),
+    Mutant("generate-decode-position-plus-one", "csp/generate.py",
+           "self.layout.prompt_lengths + self.steps)", "self.layout.prompt_lengths + self.steps + 1)", (TRUTH,)),
+    Mutant("generate-prefill-positions-from-one", "csp/generate.py",
+           "return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)",
+           "return attention_mask.long().cumsum(-1)", (TRUTH,)),
+    Mutant("generate-decode-mask-not-extended", "csp/generate.py",
+           "self._slots.new_ones(len(tokens), self.steps + 1)", "self._slots.new_ones(len(tokens), self.steps)",
+           (TRUTH,)),
+    Mutant("generate-merge-first-layer-mask", "csp/generate.py",
+           "layer_masks = [torch.cat([left_pad(m[i], width, -1) for m in per_sample])",
+           "layer_masks = [torch.cat([left_pad(m[0], width, -1) for m in per_sample])", (TRUTH,)),
+    Mutant("csp-window-long", "csp/cross_self.py",
+           "length, window = kv.length, max(budget.recent, 1)",
+           "length, window = kv.length, max(budget.recent + 1, 1)", (TRUTH,)),
+    Mutant("csp-window-causal-shifted", "csp/cross_self.py",
+           "logits = grouped_logits(q, kv.keys, kv.scaling, kv.length - window, kv.workspace)",
+           "logits = grouped_logits(q, kv.keys, kv.scaling, kv.length - window - 1, kv.workspace)", (TRUTH,)),
+    Mutant("csp-window-modality-shifted", "csp/cross_self.py",
+           "kv.visual[-window:].to(attn.dtype)", "kv.visual[-window - 1 : -1].to(attn.dtype)", (TRUTH,)),
+    Mutant("attention-gqa-heads-strided", "csp/attention.py",
+           "q = (queries.float() * scaling).reshape(hkv, g * w, d)",
+           "q = (queries.float() * scaling).view(g, hkv, w, d).transpose(0, 1).reshape(hkv, g * w, d)", (TRUTH,)),
+    Mutant("attention-no-scaling", "csp/attention.py",
+           "q = (queries.float() * scaling).reshape(hkv, g * w, d)",
+           "q = queries.float().reshape(hkv, g * w, d)", (TRUTH,)),
+    Mutant("attention-causal-off-by-one", "csp/attention.py",
+           "future = torch.arange(query_start, length, device=keys.device)[None, :] > q_pos[:, None]",
+           "future = torch.arange(query_start, length, device=keys.device)[None, :] >= q_pos[:, None]", (TRUTH,)),
+    # end of engine and methods
+]
+
+
+def copy_tree(dst: Path) -> None:
+    """The working tree as it is now (uncommitted edits included), minus heavy or generated folders."""
+    shutil.copytree(REPO, dst, ignore=lambda _d, names: [n for n in names if n in SKIP], symlinks=True)
+    (dst / "results").mkdir(exist_ok=True)
+
+
+def apply(mutant: Mutant, root: Path) -> str | None:
+    """Plant the bug under `root`; returns why it could not be planted, or None."""
+    path = root / mutant.file
+    if not path.is_file():
+        return f"{mutant.file} does not exist"
+    text = path.read_text(encoding="utf-8")
+    count = text.count(mutant.old)
+    if count != 1:
+        return f"{mutant.file}: the text to replace occurs {count} times (expected once): {mutant.old!r}"
+    path.write_text(text.replace(mutant.old, mutant.new), encoding="utf-8")
+    return None
+
+
+def pytest(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, str]:
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {timeout:.0f} s"
+    return done.returncode, done.stdout + done.stderr
+
+
+def prepare_base(base: Path) -> None:
+    """One clean copy with the tiny checkpoints built, that every mutant copies from."""
+    copy_tree(base)
+    if (REPO / "models").is_dir():
+        shutil.copytree(REPO / "models", base / "models", symlinks=True)
+    env = dict(os.environ, PYTHONPATH=str(base), PYTHONDONTWRITEBYTECODE="1")
+    code = (
+        "import csp, sys; from csp.tiny import ensure_tiny_model; "
+        "[ensure_tiny_model(f) for f in ('llava', 'internvl')]; print(csp.__file__)"
+    )
+    out = subprocess.run([str(PYTHON), "-c", code], cwd=base, env=env, capture_output=True, text=True, check=True)
+    where = Path(out.stdout.strip().splitlines()[-1]).resolve()
+    if base.resolve() not in where.parents:
+        raise SystemExit(f"imports resolve to {where}, not to the copy {base}: refusing to run")
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run this mutant (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--no-baseline", action="store_true", help="skip checking that the unmutated tests pass")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per pytest run")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print pytest's tail for every mutant")
+    args = parser.parse_args(argv)
+
+    names = [m.name for m in MUTANTS]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise SystemExit(f"duplicate mutant names: {sorted(dupes)}")
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:40s} {m.file:28s} {' '.join(m.tests)}")
+        return 0
+    unknown = [n for n in args.only if n not in names]
+    if unknown:
+        raise SystemExit(f"unknown mutant(s) {unknown}; see --list")
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+
+    tmp = Path(tempfile.mkdtemp(prefix="mutants-"))
+    results: dict[str, str] = {}
+    try:
+        base = tmp / "base"
+        prepare_base(base)
+        if not args.no_baseline:
+            tests = tuple(sorted({t for m in chosen for t in m.tests}))
+            rc, out = pytest(base, tests, args.timeout)
+            if rc != 0:
+                print(f"baseline: the unmutated tests fail (rc {rc}); mutants would be killed for nothing\n{tail(out)}")
+                return 1
+            print(f"baseline: {' '.join(tests)} pass unmutated")
+        for m in chosen:
+            start = time.perf_counter()
+            root = tmp / m.name
+            shutil.copytree(base, root, symlinks=True)
+            why = apply(m, root)
+            if why:
+                status, out = "STALE", why
+            else:
+                rc, out = pytest(root, m.tests, args.timeout)
+                status = {0: "SURVIVED", 1: "KILLED", 2: "KILLED"}.get(rc, "ERROR")
+            results[m.name] = status
+            print(f"{status:9s} {m.name:40s} {time.perf_counter() - start:6.1f} s", flush=True)
+            if status != "KILLED" or args.verbose:
+                print(tail(out) if status != "STALE" else f"    {out}")
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"copies kept under {tmp}")
+    counts = {s: sum(1 for v in results.values() if v == s) for s in ("KILLED", "SURVIVED", "STALE", "ERROR")}
+    print("summary: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) + f" of {len(results)} mutants")
+    return 0 if counts["KILLED"] == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
