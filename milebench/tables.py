@@ -38,6 +38,8 @@ METHOD_DISPLAY: dict[str, str] = {
     "lookm-tp-a": "LOOK-M (TP+A-Merge)",
     "lookm-tp-w": "LOOK-M (TP+W-Merge)",
     "lookm-tp-p": "LOOK-M (TP+P-Merge)",
+    "random": "Random",
+    "streamingllm": "StreamingLLM",
     "csp": "CSP",
 }
 METHOD_ORDER = {m: i for i, m in enumerate(METHOD_DISPLAY)}

@@ -13,8 +13,10 @@ import torch
 
 from baselines.h2o import H2O
 from baselines.lookm import LookM
+from baselines.random_eviction import RandomEviction
 from baselines.reco import ReCo
 from baselines.snapkv import SnapKV, smooth
+from baselines.streamingllm import StreamingLLM
 from csp.method import Budget, ConfigError, LayerKV
 
 
@@ -229,6 +231,64 @@ def test_lookm_chunked_pairing_matches_one_chunk() -> None:
     assert torch.equal(whole.keys, chunked.keys) and torch.equal(whole.values, chunked.values)
 
 
+# ---------------------------------------------------------------- StreamingLLM
+def blank_kv(length: int, heads: int = 2, layer: int = 0) -> LayerKV:
+    """Zero keys and queries: a method that reads them would see ties everywhere."""
+    kv = layer_kv(torch.zeros(heads, length, 2), torch.zeros(heads, length, 2))
+    kv.layer_idx = layer
+    return kv
+
+
+def test_streamingllm_keeps_sinks_then_the_most_recent() -> None:
+    # total 3 + 2 = 5 of 10: two sinks j0, j1, then the last 5 - 2 = 3, in every head
+    sel = StreamingLLM(sinks=2).select(blank_kv(10), Budget(selected=3, recent=2))
+    assert sel.index.tolist() == [[0, 1, 7, 8, 9]] * 2
+    assert StreamingLLM(sinks=0).select(blank_kv(10), Budget(3, 2)).index.tolist() == [[5, 6, 7, 8, 9]] * 2
+    # more sinks than the budget: the budget is all sinks
+    assert StreamingLLM(sinks=8).select(blank_kv(10), Budget(3, 2)).index.tolist() == [[0, 1, 2, 3, 4]] * 2
+
+
+def test_streamingllm_default_sinks_and_budget_fields() -> None:
+    # L 40, budget .25 / recent .1: hh 6 + R 4 = 10 kept = 4 sinks + the last 6
+    sel = StreamingLLM(budget=0.25, recent_ratio=0.1)(blank_kv(40))
+    assert sel.index.tolist() == [[0, 1, 2, 3, 34, 35, 36, 37, 38, 39]] * 2
+
+
+# ---------------------------------------------------------------- random
+def test_random_eviction_pinned_draw() -> None:
+    # seed 0, layer 0, hh 3 of the candidates j0..j7, then the last R = 2
+    sel = RandomEviction(seed=0).select(blank_kv(10), Budget(selected=3, recent=2))
+    assert sel.index.tolist() == [[0, 5, 7, 8, 9], [0, 5, 6, 8, 9]]
+
+
+def test_random_eviction_is_a_function_of_seed_layer_and_head() -> None:
+    def pick(seed: int = 0, layer: int = 0, kv: LayerKV | None = None) -> list[list[int]]:
+        kv = kv or blank_kv(30, layer=layer)
+        return RandomEviction(seed=seed).select(kv, Budget(6, 3)).index.tolist()
+
+    first = pick()
+    assert pick() == first  # a rerun keeps the same positions
+    # whatever the keys and queries say
+    noisy = layer_kv(torch.randn(2, 30, 4), torch.randn(2, 30, 4))
+    assert pick(kv=noisy) == first
+    assert first[0] != first[1]  # heads draw independently
+    assert pick(layer=1) != first and pick(seed=1) != first
+    for row in first:
+        assert row[-3:] == [27, 28, 29] and all(p < 27 for p in row[:-3]) and row == sorted(set(row))
+
+
+def test_random_eviction_is_uniform_over_the_candidates() -> None:
+    # hh 2 of 8 candidates over 2000 seeds: each candidate kept with probability 1/4
+    # (standard error .01); a draw biased to early or high positions is far outside .05
+    counts = torch.zeros(10)
+    for seed in range(2000):
+        idx = RandomEviction(seed=seed).select(blank_kv(10, heads=1), Budget(2, 2)).index[0]
+        counts[idx] += 1
+    freq = counts / 2000
+    assert torch.allclose(freq[:8], torch.full((8,), 0.25), atol=0.05), freq
+    assert freq[8:].tolist() == [1.0, 1.0]
+
+
 # ---------------------------------------------------------------- configuration errors
 @pytest.mark.parametrize(
     "make, field",
@@ -243,6 +303,8 @@ def test_lookm_chunked_pairing_matches_one_chunk() -> None:
         (lambda: LookM(merge="mean"), "merge"),
         (lambda: LookM(chunk_size=-3), "chunk_size"),
         (lambda: H2O(budget=1.5), "budget"),
+        (lambda: StreamingLLM(sinks=-1), "sinks"),
+        (lambda: RandomEviction(seed=-2), "seed"),
     ],
 )
 def test_bad_configuration_is_named(make, field) -> None:
@@ -278,6 +340,7 @@ def test_every_baseline_config_follows_the_shared_budget() -> None:
         "lookm-tp-a": (LookM, {"merge": "average", "text_prior": True}),
         "lookm-tp-w": (LookM, {"merge": "weighted", "text_prior": True}),
         "lookm-tp-p": (LookM, {"merge": "pivotal", "text_prior": True}),
+        "random": (RandomEviction, {"seed": 0}), "streamingllm": (StreamingLLM, {"sinks": 4}),
     }
     with initialize_config_dir(str(configs), version_base="1.3"):
         for name, (cls, fields) in expected.items():

@@ -10,7 +10,8 @@ from csp.generate import greedy_generate
 from csp.registry import build_method
 from csp.models import ModelAdapter
 
-BASELINES = ["h2o", "snapkv", "reco", "lookm-a", "lookm-w", "lookm-p", "lookm-tp-a", "lookm-tp-w", "lookm-tp-p"]
+BASELINES = ["h2o", "snapkv", "reco", "lookm-a", "lookm-w", "lookm-p", "lookm-tp-a", "lookm-tp-w", "lookm-tp-p",
+             "random", "streamingllm"]
 NEW_TOKENS = 4
 
 

@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 
 from baselines.h2o import H2O
 from baselines.lookm import LookM
+from baselines.random_eviction import RandomEviction
 from baselines.reco import ReCo
 from baselines.snapkv import SnapKV
+from baselines.streamingllm import StreamingLLM
 from csp.method import KVPruner, LayerKV
 
 METHODS = {
@@ -17,6 +19,8 @@ METHODS = {
     "snapkv": lambda **kw: SnapKV(**kw),
     "snapkv-max": lambda **kw: SnapKV(pooling="max", kernel=3, **kw),
     "reco": lambda **kw: ReCo(chunk_size=5, **kw),
+    "random": lambda **kw: RandomEviction(seed=3, **kw),
+    "streamingllm": lambda **kw: StreamingLLM(**kw),
     **{
         f"lookm-{'tp-' if tp else ''}{m[0]}": (lambda m=m, tp=tp, **kw: LookM(merge=m, text_prior=tp, chunk_size=6, **kw))
         for m in ("average", "weighted", "pivotal")
@@ -64,9 +68,11 @@ def check_selection(name: str, method: KVPruner, kv: LayerKV) -> None:
         expected = max(b.selected, int(forced.sum())) + b.recent
         assert set((~kv.visual[:cand]).nonzero().squeeze(-1).tolist()) <= set(sel.index[0].tolist())
     assert sel.index.shape[1] == expected, (name, b, sel.index.shape)
+    # StreamingLLM's recent window is what the sinks leave of the budget
+    recent = b.total - min(method.sinks, b.total) if name == "streamingllm" else b.recent
     for row in sel.index.tolist():
         assert row == sorted(set(row)), "positions are distinct and in prompt order"
-        assert row[len(row) - b.recent :] == list(range(length - b.recent, length)), "recent kept"
+        assert row[len(row) - recent :] == list(range(length - recent, length)), "recent kept"
         assert all(0 <= p < length for p in row)
     if sel.keys is not None:
         assert sel.keys.shape == (kv.kv_heads, expected, kv.keys.shape[-1]) == sel.values.shape
