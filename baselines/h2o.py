@@ -12,8 +12,7 @@ from typing import ClassVar
 from torch import Tensor
 
 from csp.attention import column_sums
-from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
-from csp.select import top_selected_plus_recent
+from csp.method import Budget, ConfigError, LayerKV, ScoredPruner
 
 
 def heavy_hitter_scores(kv: LayerKV, chunk_size: int) -> Tensor:
@@ -27,7 +26,7 @@ def check_chunk_size(name: str, chunk_size: int) -> None:
 
 
 @dataclass
-class H2O(KVPruner):
+class H2O(ScoredPruner):
     """chunk_size: queries scored at a time; memory is kv_heads x chunk x L, never L x L."""
 
     chunk_size: int = 512
@@ -37,6 +36,5 @@ class H2O(KVPruner):
         super().__post_init__()
         check_chunk_size(self.name, self.chunk_size)
 
-    def select(self, kv: LayerKV, budget: Budget) -> Selection:
-        scores = heavy_hitter_scores(kv, self.chunk_size)
-        return Selection(index=top_selected_plus_recent(scores, budget.selected, budget.recent))
+    def score(self, kv: LayerKV, budget: Budget) -> Tensor:
+        return heavy_hitter_scores(kv, self.chunk_size)

@@ -16,8 +16,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
-from csp.select import top_selected_plus_recent
+from csp.method import Budget, ConfigError, LayerKV, ScoredPruner
 
 
 def head_generator(seed: int, layer: int, head: int) -> torch.Generator:
@@ -33,7 +32,7 @@ def uniform_scores(seed: int, layer: int, heads: int, length: int) -> torch.Tens
 
 
 @dataclass
-class RandomEviction(KVPruner):
+class RandomEviction(ScoredPruner):
     """seed: the run's seed; the kept positions of a (layer, head) depend on it and on L only."""
 
     seed: int = 0
@@ -44,6 +43,5 @@ class RandomEviction(KVPruner):
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"{self.name}: seed={self.seed!r} must be an integer >= 0")
 
-    def select(self, kv: LayerKV, budget: Budget) -> Selection:
-        scores = uniform_scores(self.seed, kv.layer_idx, kv.kv_heads, kv.length).to(kv.keys.device)
-        return Selection(index=top_selected_plus_recent(scores, budget.selected, budget.recent))
+    def score(self, kv: LayerKV, budget: Budget) -> torch.Tensor:
+        return uniform_scores(self.seed, kv.layer_idx, kv.kv_heads, kv.length).to(kv.keys.device)

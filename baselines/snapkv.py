@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from csp.attention import grouped_logits, n_softmax
-from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
-from csp.select import top_selected_plus_recent
+from csp.method import Budget, ConfigError, LayerKV, ScoredPruner
 
 POOLINGS = ("avg", "max")
 
@@ -34,7 +33,7 @@ def smooth(scores: Tensor, kernel: int, pooling: str) -> Tensor:
 
 
 @dataclass
-class SnapKV(KVPruner):
+class SnapKV(ScoredPruner):
     """window: observation-window length; None = the recent window R of the budget.
     kernel: pooling kernel (odd, so that the smoothed scores keep their length).
     pooling: "avg" (reference) or "max"."""
@@ -58,9 +57,9 @@ class SnapKV(KVPruner):
         if self.pooling not in POOLINGS:
             raise ConfigError(f"{self.name}: pooling={self.pooling!r} must be one of {POOLINGS}")
 
-    def select(self, kv: LayerKV, budget: Budget) -> Selection:
+    def score(self, kv: LayerKV, budget: Budget) -> Tensor:
         window = min(self.window or max(budget.recent, 1), kv.length)
         votes = window_scores(kv, window)
         older = kv.length - budget.recent  # the candidates; the last R are kept anyway
         votes[:, :older] = smooth(votes[:, :older], self.kernel, self.pooling)
-        return Selection(index=top_selected_plus_recent(votes, budget.selected, budget.recent))
+        return votes

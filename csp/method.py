@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from csp.attention import Workspace
+from csp.select import top_selected_plus_recent
 
 
 class ConfigError(ValueError):
@@ -165,3 +166,22 @@ class FullCache(KVPruner):
 
     def should_prune(self, kv: LayerKV) -> bool:
         return False
+
+
+@dataclass
+class ScoredPruner(KVPruner):
+    """Base of the methods that only rank keys: the method writes `score`, the base keeps, per
+    KV head, the `hh` best-scoring of the candidates [0, L - R) and then the last R.
+
+    A new ranking rule is thus one `score` function; methods that also change how many each
+    layer or head keeps (PyramidKV, Ada-KV) override `select` and call `score` themselves.
+    """
+
+    def score(self, kv: LayerKV, budget: Budget) -> Tensor:
+        """(kv_heads, L), higher = more worth keeping; only the candidates [0, L - budget.recent)
+        are read. `budget` is the selection the scores are for: window-scored methods watch its
+        last R queries (SnapKV's observation window is the recent window)."""
+        raise NotImplementedError
+
+    def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        return Selection(index=top_selected_plus_recent(self.score(kv, budget), budget.selected, budget.recent))
