@@ -160,13 +160,15 @@ def _deep_recursion(limit: int = 20000) -> Iterator[None]:
 def rouge_l(pred: str, gold: str) -> float:
     """ROUGE-L F of the `rouge` 1.0.1 package (summary-level union LCS over unique words).
 
-    0 for an empty prediction, and for one the package finds no sentence in (only periods,
-    which the 32-period cap can leave behind).
+    The integer 0 for an empty prediction, as the reference scores it (so eval_score.json
+    says "0", not "0.0"), and for one the package finds no sentence in (only periods, which
+    the 32-period cap can leave behind; the reference would stop with an error there).
+    Periods reach the package as they are: it splits sentences on them.
     """
     if not gold.replace(".", "").strip():
         raise ValueError(f"gold answer {gold!r} has no words after normalization")
     if not pred.replace(".", ""):
-        return 0.0
+        return 0
     with _deep_recursion():
         return float(_ROUGE.get_scores(pred, gold)[0]["rouge-l"]["f"])
 

@@ -36,6 +36,7 @@ from milebench.metrics import (
 from milebench.normalize import normalize
 
 LEVELS = ("Few", "Medium", "Many")
+ROUGE_METRIC = "Rouge-L f"
 PRED_FILE = "pred.json"
 ADV_SUFFIX = "-adv"
 
@@ -59,14 +60,18 @@ class DatasetScore:
     notes: list[str] = field(default_factory=list)
 
     def eval_json(self) -> dict[str, Any]:
+        """MileBench's eval.json: every level present, an empty one as 0 and [0, 0]."""
         return {
             self.metric: self.value,
-            "image_quantity_level-Accuracy": {lv: s / n for lv, (s, n) in self.levels.items()},
+            "image_quantity_level-Accuracy": {lv: s / n if n else 0 for lv, (s, n) in self.levels.items()},
             "image_quantity_level-Result": self.levels,
         }
 
     def eval_score_json(self) -> list[dict[str, str]]:
-        return [{"id": str(sid), "score": str(score)} for sid, score in self.per_sample]
+        """MileBench's eval_score.json: ROUGE-L as str(round(score, 3)) (an empty prediction
+        is the integer 0, so "0"), accuracy as str(score) ("1" or "0")."""
+        fmt = (lambda s: str(round(s, 3))) if self.metric == ROUGE_METRIC else str
+        return [{"id": str(sid), "score": fmt(score)} for sid, score in self.per_sample]
 
 
 # ---------------------------------------------------------------- predictions -----------
@@ -121,7 +126,7 @@ def score_predictions(dataset: DatasetFile, preds: list[dict[str, Any]], *, corr
     info = catalog.get(dataset.name)
     how = route(dataset.name, dataset.question_type)
     gold = {s.sample_id: s for s in dataset.samples}
-    levels: dict[str, list[float]] = {}
+    levels: dict[str, list[float]] = {lv: [0, 0] for lv in LEVELS}  # all three, even when empty
     per_sample: list[tuple[int, float]] = []
     extracted: list[str] | None = [] if how == "choice" else None
     google: list[float] = []
@@ -154,13 +159,11 @@ def score_predictions(dataset: DatasetFile, preds: list[dict[str, Any]], *, corr
                 raise ScoreError(f"{where}: field 'response': {e}") from None
             google.append(rouge_l_google(pr, g))
         per_sample.append((sample.sample_id, score))
-        acc = levels.setdefault(sample.image_quantity_level, [0, 0])
+        acc = levels[sample.image_quantity_level]
         acc[0] += score
         acc[1] += 1
-    ordered = {lv: levels[lv] for lv in LEVELS if lv in levels}
-    ordered.update({lv: v for lv, v in levels.items() if lv not in ordered})
     value = sum(s for _, s in per_sample) / len(per_sample) if per_sample else 0.0
-    return DatasetScore(dataset=dataset.name, metric=info.metric, value=value, levels=ordered,
+    return DatasetScore(dataset=dataset.name, metric=info.metric, value=value, levels=levels,
                         per_sample=per_sample, extracted=extracted,
                         google_rouge_l=sum(google) / len(google) if google else None,
                         corrected=corrected, notes=notes)

@@ -75,6 +75,85 @@ def test_multiple_choice_files(mc_run):
     assert not (folder / "eval_corrected.json").exists()
 
 
+def test_files_are_byte_for_byte_milebenchs(tmp_path):
+    """The exact text of eval.json and eval_score.json: every level present (an empty one as
+    0 and [0, 0]), accuracy per sample as str(int), ROUGE-L as str(round(score, 3)) with the
+    integer 0 for an empty prediction."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    golds = ["blue", "green", "red", "yellow"]
+    write_dataset(data, "ActionLocalization", "multi-choice",
+                  [{"response": g, "level": lv, "choices": COLOURS} for g, lv in zip(golds, ["Few", "Few", "Many", "Many"])])
+    write_preds(run, "ActionLocalization", ["(B) blue", "", "Answer: A", "red"], golds)
+    # ALFRED: "the the the cat" vs "the cat sat" is 0.79999999 (unique words, +1e-8 in F),
+    # "a b c" vs "a b d e" is 2PR / (P + R) with P = 2/3, R = 1/2: 0.5714285..., "" is 0
+    rouge_golds = ["the cat sat", "go left", "a b d e"]
+    write_dataset(data, "ALFRED", "open-ended", [{"response": g, "level": "Medium"} for g in rouge_golds])
+    write_preds(run, "ALFRED", ["the the the cat", "", "a b c"], rouge_golds)
+    assert main([str(run), "--data-dir", str(data)]) == 0
+    assert (run / "ActionLocalization" / "eval.json").read_text() == """{
+    "Accuracy": 0.5,
+    "image_quantity_level-Accuracy": {
+        "Few": 1.0,
+        "Medium": 0,
+        "Many": 0.0
+    },
+    "image_quantity_level-Result": {
+        "Few": [
+            2,
+            2
+        ],
+        "Medium": [
+            0,
+            0
+        ],
+        "Many": [
+            0,
+            2
+        ]
+    }
+}"""
+    assert (run / "ActionLocalization" / "eval_score.json").read_text() == """[
+    {
+        "id": "0",
+        "score": "1"
+    },
+    {
+        "id": "1",
+        "score": "1"
+    },
+    {
+        "id": "2",
+        "score": "0"
+    },
+    {
+        "id": "3",
+        "score": "0"
+    }
+]"""
+    assert (run / "ALFRED" / "eval_score.json").read_text() == """[
+    {
+        "id": "0",
+        "score": "0.8"
+    },
+    {
+        "id": "1",
+        "score": "0"
+    },
+    {
+        "id": "2",
+        "score": "0.571"
+    }
+]"""
+    alfred = read(run / "ALFRED" / "eval.json")
+    f1, f3 = 2 * 1 * (2 / 3) / (1 + 2 / 3 + 1e-8), 2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2 + 1e-8)
+    assert alfred["Rouge-L f"] == pytest.approx((f1 + 0 + f3) / 3, abs=1e-12)
+    assert alfred["image_quantity_level-Accuracy"] == {"Few": 0, "Medium": pytest.approx((f1 + f3) / 3, abs=1e-12),
+                                                       "Many": 0}
+    assert alfred["image_quantity_level-Result"] == {"Few": [0, 0], "Medium": [pytest.approx(f1 + f3, abs=1e-12), 3],
+                                                     "Many": [0, 0]}
+    assert list(alfred["image_quantity_level-Result"]) == ["Few", "Medium", "Many"]
+
+
 def test_corrected_mode_writes_apart(mc_run):
     data, run = mc_run
     folder = run / "ActionLocalization"
@@ -132,7 +211,7 @@ def test_predicted_only_scores_the_subset_that_was_run(mc_run):
     assert main([str(run), "--data-dir", str(data), "--predicted-only"]) == 0
     result = read(run / "ActionLocalization" / "eval.json")
     assert result["Accuracy"] == pytest.approx(2 / 3)
-    assert result["image_quantity_level-Result"] == {"Few": [2, 2], "Medium": [0, 1]}
+    assert result["image_quantity_level-Result"] == {"Few": [2, 2], "Medium": [0, 1], "Many": [0, 0]}
 
 
 @pytest.mark.parametrize("mutate, message", [
