@@ -118,8 +118,31 @@ def test_rouge_l_sentences_split_on_periods():
     assert rouge_l("a 3.5 b", "a 3 5 b") == pytest.approx(1.0, abs=1e-7)
 
 
+def f_score(p: float, r: float) -> float:
+    return 2 * p * r / (p + r + 1e-8)
+
+
+@pytest.mark.parametrize("pred, gold", [("b 1.2 a", "2 a b 1"), ("2 a b 1", "b 1.2 a")])
+def test_rouge_l_periods_reach_the_package_as_sentence_breaks(pred, gold):
+    """A period before a digit survives normalization and the `rouge` package splits
+    sentences on it: "b 1.2 a" is the sentences "b 1" and "2 a", whose union LCS with "2 a b 1"
+    covers all 4 words (F = 1). Turned into a space it would be one sentence, LCS "b 1" or
+    "2 a": P = R = 2/4, F = 0.5. Either side: the prediction (hypothesis) or the gold."""
+    assert normalize(pred.upper() + ".") == pred and normalize(gold.upper() + ".") == gold
+    assert rouge_l(pred, gold) == pytest.approx(f_score(1.0, 1.0), abs=1e-12)
+    assert rouge_l(pred.replace(".", " "), gold.replace(".", " ")) == pytest.approx(f_score(0.5, 0.5), abs=1e-12)
+
+
+def test_rouge_score_column_has_no_stemmer():
+    """The extra rouge-score column is documented as unstemmed (eval_rouge_score.json says so):
+    "cats" and "cat" are different tokens, LCS 2 of 3 each way (F = 2/3); Porter stemming
+    would make them equal (F = 1)."""
+    assert rouge_l_google("the cats ran", "the cat ran") == pytest.approx(2 / 3, abs=1e-12)
+    assert rouge_l_google("the cat ran", "the cat ran") == pytest.approx(1.0)
+
+
 def test_rouge_l_empty_and_only_periods():
-    assert rouge_l("", "the cat") == 0.0
+    assert rouge_l("", "the cat") == 0 and type(rouge_l("", "the cat")) is int  # str() gives "0"
     assert rouge_l(normalize("." * 40), "the cat") == 0.0  # 8 periods survive the cap
     with pytest.raises(ValueError, match="no words"):
         rouge_l("the cat", "")
