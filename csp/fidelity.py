@@ -8,7 +8,9 @@ and both are fed the token the FULL cache's greedy decoding picks (teacher forci
 step we compare the two next-token distributions:
 
 - KL(full || method) = sum_v p_full(v) * (log p_full(v) - log p_method(v)), averaged over the
-  answer's steps;
+  answer's steps. The full cache is the reference, so the expectation is under ITS
+  distribution (as in distillation): the method pays for probability it withholds from what
+  the full cache would say, not for mass it spreads over tokens the full cache ignores;
 - top-1 agreement: the share of steps where both greedy choices are the same token;
 - first divergence: the first step where they differ. Until then teacher forcing and free
   greedy decoding feed the same tokens, so this is exactly where the method's own greedy

@@ -39,6 +39,37 @@ def test_kl_hand_computed():
     assert math.isinf(kl_divergence(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, float("-inf")]])).item())
 
 
+def test_kl_direction_is_full_given_pruned_along_the_full_answer(tiny_llava):
+    """fidelity.json's KL is KL(full || pruned): the expectation under the FULL cache's
+    distribution, the reference the method is judged against (as in distillation, it
+    charges the method for probability it withholds from what the full cache would say).
+    Truth: torch's own kl_div over two decoders stepped by hand on the full cache's greedy
+    tokens; the reverse direction is checked to give a different number, so the test tells
+    the two apart."""
+    from torch.nn.functional import kl_div, log_softmax
+
+    from csp.generate import Decoder
+
+    method = CrossSelfPruner(budget=0.1, recent_ratio=0.05, cross_ratio=0.5, bias=1.0)
+    inputs = encode(tiny_llava, [(2, 4)])
+    steps = 4
+    (got,) = batch_fidelity(tiny_llava, inputs, method, max_new_tokens=steps, min_new_tokens=steps)
+    eos = sorted(set(tiny_llava.eos_token_ids))
+    forward, reverse = [], []
+    with torch.inference_mode(), Decoder(tiny_llava, inputs, None) as full, Decoder(tiny_llava, inputs, method) as pruned:
+        f, p = full.logits, pruned.logits
+        for _ in range(steps):
+            lf, lp = log_softmax(f.double(), -1), log_softmax(p.double(), -1)
+            forward.append(kl_div(lp, lf, log_target=True, reduction="sum").item())  # KL(full || pruned)
+            reverse.append(kl_div(lf, lp, log_target=True, reduction="sum").item())
+            tok = f.index_fill(-1, torch.tensor(eos), float("-inf")).argmax(-1)  # EOS barred: min_new_tokens
+            f, p = full.step(tok), pruned.step(tok)
+    want, other = sum(forward) / steps, sum(reverse) / steps
+    assert got.steps == steps and want > 0
+    assert abs(want - other) > 0.01 * want  # the directions differ here
+    assert got.kl == pytest.approx(want, rel=1e-4)
+
+
 def test_summary_weighs_samples_equally():
     s = summarize([SampleFidelity(steps=10, kl=0.2, top1=0.9, first_divergence=3),
                    SampleFidelity(steps=2, kl=0.0, top1=1.0, first_divergence=None),
