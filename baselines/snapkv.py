@@ -36,11 +36,14 @@ def smooth(scores: Tensor, kernel: int, pooling: str) -> Tensor:
 class SnapKV(ScoredPruner):
     """window: observation-window length; None = the recent window R of the budget.
     kernel: pooling kernel (odd, so that the smoothed scores keep their length).
-    pooling: "avg" (reference) or "max"."""
+    pooling: "avg" (reference) or "max".
+    prune_text_only_prompts: True, as the reference's SnapKV path prunes every prompt over the
+    budget (the other methods' paths skip prompts without an image)."""
 
     window: int | None = None
     kernel: int = 5
     pooling: str = "avg"
+    prune_text_only_prompts: bool = True
     name: ClassVar[str] = "snapkv"
 
     def __post_init__(self) -> None:

@@ -108,7 +108,9 @@ class KVPruner:
     recent_ratio: the part of `budget` spent on the most recent tokens, always kept.
     budget_tokens: an absolute number of kept tokens instead of a fraction; the recent window
         then gets the same share of it as recent_ratio has of budget.
-    prune_text_only_prompts: the reference prunes only prompts with at least one image.
+    prune_text_only_prompts: False keeps a prompt without any image whole, as the reference's
+        CSP, H2O, ReCo and LOOK-M paths do; its SnapKV path has no such check, so SnapKV
+        defaults to True.
     """
 
     budget: float = 0.2
