@@ -31,6 +31,8 @@ class H2O(ScoredPruner):
 
     chunk_size: int = 512
     name: ClassVar[str] = "h2o"
+    display_name: ClassVar[str] = "H2O"
+    table_label: ClassVar[str | None] = "H2O"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -52,6 +52,19 @@ class LookM(KVPruner):
     chunk_size: int = 512
     name: ClassVar[str] = "lookm"
 
+    # six Table 1 rows from one class: the names follow the variant's fields
+    @property
+    def display_name(self) -> str:  # type: ignore[override]
+        return f"LOOK-M ({'TP+' if self.text_prior else ''}{self.merge[0].upper()}-Merge)"
+
+    @property
+    def table_label(self) -> str | None:  # type: ignore[override]
+        return self.display_name
+
+    @property
+    def budget_rule(self) -> str:  # type: ignore[override]
+        return "at_least" if self.text_prior else "exact"  # the text prior keeps all text
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_chunk_size(self.name, self.chunk_size)

@@ -37,6 +37,7 @@ class RandomEviction(ScoredPruner):
 
     seed: int = 0
     name: ClassVar[str] = "random"
+    display_name: ClassVar[str] = "Random"
 
     def __post_init__(self) -> None:
         super().__post_init__()

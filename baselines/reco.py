@@ -44,6 +44,8 @@ class ReCo(KVPruner):
     std_pool_ratio: float = 0.1
     chunk_size: int = 512
     name: ClassVar[str] = "reco"
+    display_name: ClassVar[str] = "ReCo"
+    table_label: ClassVar[str | None] = "ReCo"
 
     def __post_init__(self) -> None:
         super().__post_init__()

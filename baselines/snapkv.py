@@ -45,6 +45,8 @@ class SnapKV(ScoredPruner):
     pooling: str = "avg"
     prune_text_only_prompts: bool = True
     name: ClassVar[str] = "snapkv"
+    display_name: ClassVar[str] = "SnapKV"
+    table_label: ClassVar[str | None] = "SnapKV"
 
     def __post_init__(self) -> None:
         super().__post_init__()

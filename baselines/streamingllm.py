@@ -25,6 +25,7 @@ class StreamingLLM(KVPruner):
 
     sinks: int = 4
     name: ClassVar[str] = "streamingllm"
+    display_name: ClassVar[str] = "StreamingLLM"
 
     def __post_init__(self) -> None:
         super().__post_init__()

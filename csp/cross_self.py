@@ -45,6 +45,9 @@ class CrossSelfPruner(KVPruner):
     zero_ratio_quirk: bool = True  # cross_ratio <= 0 keeps 1 cross + 308 self, as the reference
 
     name: ClassVar[str] = "csp"
+    display_name: ClassVar[str] = "CSP"
+    table_label: ClassVar[str | None] = "CSP"
+    budget_rule: ClassVar[str] = "at_most"  # concat may list a token twice, int() splits round down
     DEFAULT_CROSS_RATIO: ClassVar[float] = 0.5
     DEFAULT_BIAS: ClassVar[float] = 1.0
 

@@ -40,6 +40,7 @@ class LayerKV:
     scaling: float
     query_fn: Callable[[int | None], Tensor] = field(repr=False)
     workspace: Workspace | None = field(default=None, repr=False)  # reusable score buffer
+    num_layers: int = 1  # decoder layers of the model: per-layer budgets (PyramidKV) need it
 
     @property
     def length(self) -> int:
@@ -119,6 +120,18 @@ class KVPruner:
     prune_text_only_prompts: bool = False
 
     name: ClassVar[str] = "base"
+    # How the tables name the method, and its row label in the CSP paper's Table 1 (None: the
+    # paper has no such row, so no published numbers are put beside ours).
+    display_name: ClassVar[str] = ""
+    table_label: ClassVar[str | None] = None
+    # How many entries a pruned prompt keeps per layer and KV head; the end-to-end tests hold
+    # every registered method to its rule. exact: hh + R everywhere; spread: hh + R on average
+    # over the layers and heads (the same total, reallocated); at_least / at_most: never fewer /
+    # more than hh + R; own: the method's own rule, not the shared budget.
+    budget_rule: ClassVar[str] = "exact"
+    # True for a method that allocates across layers: the engine then calls `observe` in every
+    # layer's prefill and `select_layers` once the last layer is done (see csp.engine).
+    cross_layer: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         try:
@@ -151,6 +164,21 @@ class KVPruner:
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
         raise NotImplementedError
 
+    def observe(self, kv: LayerKV) -> Any:
+        """What a cross-layer method must learn from a layer while its queries can still be
+        computed (during that layer's prefill); nothing for a per-layer method."""
+        return None
+
+    def select_layers(self, kvs: list[LayerKV], observations: list[Any]) -> list[Selection]:
+        """One sample's every layer at once, after the prefill; a per-layer method selects each
+        layer on its own."""
+        return [self(kv) for kv in kvs]
+
+    def prune_layers(self, kvs: list[LayerKV]) -> list[Selection]:
+        """What a prefill does with one sample's layers, in order, on tensors alone (tests and
+        analyses call this; the engine interleaves the same two steps with the forward)."""
+        return self.select_layers(kvs, [self.observe(kv) for kv in kvs])
+
     def for_dataset(self, settings: Mapping[str, Any]) -> "KVPruner":
         """The method as configured for one dataset (CSP takes its cross ratio and bias from a
         per-dataset table); settings the method has no field for, or has set explicitly, are
@@ -165,6 +193,9 @@ class FullCache(KVPruner):
     budget: float = 1.0
     recent_ratio: float = 0.0
     name: ClassVar[str] = "full"
+    budget_rule: ClassVar[str] = "own"  # never prunes
+    display_name: ClassVar[str] = "Full Cache"
+    table_label: ClassVar[str | None] = "Full Cache"
 
     def should_prune(self, kv: LayerKV) -> bool:
         return False

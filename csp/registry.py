@@ -6,6 +6,8 @@ same file here, so they measure exactly what a run uses, and a bad value is a Co
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +20,45 @@ METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
 
 def method_names() -> list[str]:
     return sorted(p.stem for p in METHOD_CONFIGS.glob("*.yaml"))
+
+
+def method_config_path(name: str) -> Path:
+    path = METHOD_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    return path
+
+
+def method_class(name: str) -> type[KVPruner]:
+    """The class a method's config instantiates (its `_target_`), without building it."""
+    from hydra.utils import get_class
+
+    path = method_config_path(name)
+    target = OmegaConf.load(path).get("_target_")
+    if not target:
+        raise ConfigError(f"{path}: no _target_")
+    cls = get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, KVPruner)):
+        raise ConfigError(f"{path}: _target_ {target} is not a KVPruner")
+    return cls
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What tables and tests need to know about a method, from the method itself."""
+
+    name: str
+    display_name: str
+    table_label: str | None
+    budget_rule: str
+
+
+@lru_cache(maxsize=None)
+def method_info(name: str) -> MethodInfo:
+    """Its class's (or, for variants of one class such as LOOK-M's, its configured object's)
+    display name, paper row label and budget rule."""
+    method = build_method(name)
+    return MethodInfo(name, method.display_name or name, method.table_label, method.budget_rule)
 
 
 def instantiate_method(method_cfg: Mapping[str, Any]) -> KVPruner:
@@ -39,9 +80,7 @@ def instantiate_method(method_cfg: Mapping[str, Any]) -> KVPruner:
 def build_method(name: str, budget: float = 0.2, recent_ratio: float = 0.1,
                  budget_tokens: int | None = None) -> KVPruner:
     """`method=<name> budget=... recent_ratio=... budget_tokens=...` as a run composes it."""
-    path = METHOD_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(method_names())}")
+    path = method_config_path(name)
     cfg = OmegaConf.create({"budget": budget, "recent_ratio": recent_ratio, "budget_tokens": budget_tokens,
                             "method": OmegaConf.load(path)})
     return instantiate_method(cfg.method)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from functools import lru_cache
+
 import pandas as pd
 import yaml
 
@@ -27,22 +29,45 @@ REFERENCE_DIR = Path(__file__).with_name("reference")
 PAPER_BUDGET = 0.2
 CONFIG_FILE = "config.yaml"
 
-METHOD_DISPLAY: dict[str, str] = {
-    "full": "Full Cache",
-    "h2o": "H2O",
-    "snapkv": "SnapKV",
-    "reco": "ReCo",
-    "lookm-a": "LOOK-M (A-Merge)",
-    "lookm-w": "LOOK-M (W-Merge)",
-    "lookm-p": "LOOK-M (P-Merge)",
-    "lookm-tp-a": "LOOK-M (TP+A-Merge)",
-    "lookm-tp-w": "LOOK-M (TP+W-Merge)",
-    "lookm-tp-p": "LOOK-M (TP+P-Merge)",
-    "random": "Random",
-    "streamingllm": "StreamingLLM",
-    "csp": "CSP",
-}
-METHOD_ORDER = {m: i for i, m in enumerate(METHOD_DISPLAY)}
+
+# ---------------------------------------------------------------- method names ----------
+# A method's display name and paper row label are attributes of the method itself
+# (`display_name`, `table_label`), found from its config name through csp.registry, so a new
+# method needs no entry here. Run folders of a method without a config keep their raw name.
+
+def _method_info(method: str):
+    from csp.method import ConfigError
+    from csp.registry import method_info
+
+    try:
+        return method_info(method)
+    except ConfigError:
+        return None
+
+
+def method_display(method: str) -> str:
+    """How the tables name a method config (`lookm-tp-w` -> "LOOK-M (TP+W-Merge)")."""
+    info = _method_info(method)
+    return info.display_name if info is not None else method
+
+
+def method_table_label(method: str) -> str | None:
+    """The method's row label in the CSP paper's Table 1, or None where the paper has none."""
+    info = _method_info(method)
+    return info.table_label if info is not None else None
+
+
+@lru_cache(maxsize=None)
+def _paper_order() -> dict[str, int]:
+    labels = load_paper("table1")["method"].tolist()
+    return {label: i for i, label in enumerate(dict.fromkeys(labels))}
+
+
+def method_rank(method: str) -> int:
+    """Row order: the paper's Table 1 order (Full Cache first, CSP last), then the methods the
+    paper does not have (ordered by name by the caller)."""
+    order = _paper_order()
+    return order.get(method_table_label(method) or "", len(order))
 
 # Our model config names -> (paper table, the paper's model label in that table).
 PAPER_MODELS: dict[str, tuple[str, str]] = {
@@ -78,7 +103,7 @@ class RunMeta:
 
     @property
     def display(self) -> str:
-        return METHOD_DISPLAY.get(self.method, self.method)
+        return method_display(self.method)
 
     @property
     def budget_label(self) -> str:
@@ -246,7 +271,7 @@ def fidelity_frame(runs: Sequence[RunScores], formatted: bool = False) -> pd.Dat
 def sort_runs(runs: Sequence[RunScores]) -> list[RunScores]:
     def key(r: RunScores) -> tuple:
         m = r.meta
-        return (m.model, METHOD_ORDER.get(m.method, len(METHOD_ORDER)), m.method,
+        return (m.model, method_rank(m.method), m.method,
                 m.budget if m.budget is not None else 2.0, m.budget_tokens or 0, m.variant, m.run_name)
     return sorted(runs, key=key)
 
@@ -292,9 +317,11 @@ def paper_row(meta: RunMeta, table: str, papers: dict[str, pd.DataFrame]) -> dic
                 return None
             name = "LOOK-M"
         else:
-            name = meta.display
+            name = method_table_label(meta.method)
     else:
-        name = meta.display
+        name = method_table_label(meta.method)
+    if name is None:
+        return None
     df = papers[table]
     hit = df[(df["model"] == paper_model) & (df["method"] == name)]
     if hit.empty:
@@ -458,7 +485,7 @@ def build_tables(results_dir: Path | str, runs: Sequence[RunScores] | None = Non
     for name, frame, header in (
         ("table1", t1, TABLE1_HEADER.format(budget=PAPER_BUDGET)),
         ("table3", t3, TABLE3_HEADER.format(budget=PAPER_BUDGET, lookm=TABLE3_LOOKM,
-                                            lookm_display=METHOD_DISPLAY[TABLE3_LOOKM])),
+                                            lookm_display=method_display(TABLE3_LOOKM))),
     ):
         written[f"{name}.md"] = results_dir / f"{name}.md"
         write_atomic(written[f"{name}.md"], header + "\n" + _by_model(frame, name) + "\n")

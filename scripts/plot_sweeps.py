@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from milebench import catalog  # noqa: E402
 from milebench.files import atomic_path, write_atomic  # noqa: E402
-from milebench.tables import CONFIG_FILE, METHOD_DISPLAY, RunScores, collect_run, find_runs  # noqa: E402
+from milebench.tables import CONFIG_FILE, RunScores, collect_run, find_runs, method_display, method_rank  # noqa: E402
 
 # CSP's defaults, for runs whose config does not spell a setting out
 CSP_DEFAULTS = {"cross_ratio": None, "score_fn": "nsoftmax", "decompose": True}
@@ -182,11 +182,10 @@ def figure5_markdown(df: pd.DataFrame) -> str:
     parts = ["# Figure 5: mean score against budget, per method (x 100)"]
     for model, block in df.groupby("model"):
         means = block.groupby(["method", "budget"]).score.mean().unstack("budget")
-        means = means.reindex(sorted(means.index, key=lambda m: list(METHOD_DISPLAY).index(m)
-                                     if m in METHOD_DISPLAY else len(METHOD_DISPLAY)))
+        means = means.reindex(sorted(means.index, key=lambda m: (method_rank(m), m)))
         table = means.reset_index()
         table.columns = ["method", *[f"{b:g}" for b in means.columns]]
-        table["method"] = [METHOD_DISPLAY.get(m, m) for m in table["method"]]
+        table["method"] = [method_display(m) for m in table["method"]]
         datasets = sorted(block.dataset.unique(), key=catalog.NAMES.index)
         parts.append(f"## {model} (mean over {len(datasets)} dataset(s): {', '.join(datasets)})\n\n"
                      + _md_table(table))
@@ -256,9 +255,9 @@ def plot_figure5(df: pd.DataFrame, path: Path) -> None:
         for method, series in means.groupby(level="method"):
             series = series.droplevel("method").sort_index()
             if method == "full":
-                ax.axhline(series.iloc[0], color="k", ls="--", lw=1, label=METHOD_DISPLAY["full"])
+                ax.axhline(series.iloc[0], color="k", ls="--", lw=1, label=method_display("full"))
             else:
-                ax.plot(series.index, series.values, marker="o", label=METHOD_DISPLAY.get(method, method))
+                ax.plot(series.index, series.values, marker="o", label=method_display(method))
         ax.set_xlabel("budget (kept share of the prompt)")
         ax.set_ylabel("mean score")
         ax.set_title(model, fontsize=9)

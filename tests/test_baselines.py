@@ -323,14 +323,19 @@ def test_reco_statistics_by_hand() -> None:
 
 
 # ---------------------------------------------------------------- configs
-def test_every_baseline_config_follows_the_shared_budget() -> None:
-    """`method=<name> budget=.. recent_ratio=..` composes, and the one override reaches every method."""
+def test_every_method_config_follows_the_shared_budget() -> None:
+    """`method=<name> budget=.. recent_ratio=..` composes for every registered method, the one
+    override reaches it, and its other fields are the config's."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from csp.registry import METHOD_CONFIGS, method_class, method_names
 
     configs = Path(__file__).resolve().parents[1] / "configs"
+    # what a few config names promise beyond their file (the LOOK-M variant letters)
     expected = {
         "h2o": (H2O, {}), "snapkv": (SnapKV, {"kernel": 5, "pooling": "avg", "window": None}),
         "reco": (ReCo, {"sinks": 4, "std_pool_ratio": 0.1}),
@@ -342,8 +347,14 @@ def test_every_baseline_config_follows_the_shared_budget() -> None:
         "lookm-tp-p": (LookM, {"merge": "pivotal", "text_prior": True}),
         "random": (RandomEviction, {"seed": 0}), "streamingllm": (StreamingLLM, {"sinks": 4}),
     }
+    names = [n for n in method_names() if n != "full"]
+    assert set(expected) <= set(names)
     with initialize_config_dir(str(configs), version_base="1.3"):
-        for name, (cls, fields) in expected.items():
+        for name in names:
+            cls, fields = expected.get(name, (method_class(name), {}))
+            own = OmegaConf.to_container(OmegaConf.load(METHOD_CONFIGS / f"{name}.yaml"))
+            fields = {**{k: v for k, v in own.items() if k not in ("_target_", "budget", "recent_ratio",
+                                                                  "budget_tokens")}, **fields}
             cfg = compose("config", overrides=[f"method={name}", "budget=0.3", "recent_ratio=0.05"])
             method = instantiate(cfg.method)
             assert type(method) is cls, name

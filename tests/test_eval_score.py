@@ -214,3 +214,27 @@ def test_corrected_scores_get_their_own_section(results):
     assert "62.5" in row
     assert "62.5" not in main_part  # the faithful table keeps the faithful 60.0
     assert rows(results / "eval_score.csv").set_index("dataset").loc["WebQA", "llava-1.5-7b / Full Cache / full"] == 60.0
+
+
+def test_every_registered_method_reaches_the_tables_with_its_own_row(tmp_path):
+    """Names come from the methods themselves (csp.registry); the paper's rows are found for
+    exactly the paper's methods, whose labels are the paper CSV's own."""
+    from csp.registry import method_info, method_names
+
+    res = tmp_path / "results"
+    names = method_names()
+    for name in names:
+        make_run(res, "llava-1.5-7b", "full" if name == "full" else f"{name}_b0.2", {"WebQA": .5})
+    assert eval_score.main(["--results", str(res)]) == 0
+    ours = rows(res / "table1.csv", row="ours")
+    assert sorted(ours["run"].str.split("_b").str[0]) == sorted(names)
+    assert list(ours["method"]) == [method_info(r.split("_b")[0]).display_name for r in ours["run"]]
+    assert ours["method"].is_unique
+    paper_labels = pd.read_csv(ROOT / "milebench" / "reference" / "paper_table1.csv").query(
+        "model == 'llava-1.5-7b'")["method"]
+    paper = rows(res / "table1.csv", row="paper")
+    assert sorted(paper["method"]) == sorted(paper_labels)  # all eleven, LOOK-M's six variants included
+    # the paper's order first (Full Cache ... CSP), then the methods it does not have
+    assert list(ours["method"])[: len(paper_labels)] == list(paper_labels)
+    header = next(s for s in (res / "eval_score.md").read_text().splitlines() if s.startswith("| dataset |"))
+    assert all(f"llava-1.5-7b / {m} /" in header for m in ours["method"])
