@@ -122,9 +122,9 @@ def apply(mutant: Mutant, root: Path) -> str | None:
     return None
 
 
-def pytest(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, str]:
+def pytest(root: Path, tests: tuple[str, ...], timeout: float, stop_first: bool = True) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
-    cmd = [str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    cmd = [str(PYTHON), "-m", "pytest", *(["-x"] if stop_first else []), "-q", "-p", "no:cacheprovider", *tests]
     try:
         done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -148,6 +148,17 @@ def prepare_base(base: Path) -> None:
         raise SystemExit(f"imports resolve to {where}, not to the copy {base}: refusing to run")
 
 
+def failed_tests(text: str) -> list[str]:
+    """Test functions pytest's summary names as failed (parameters dropped), in order."""
+    names = []
+    for line in text.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            name = line.split()[1].split("[")[0].split("::")[-1]
+            if name not in names:
+                names.append(name)
+    return names
+
+
 def tail(text: str, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
 
@@ -160,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per pytest run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
     parser.add_argument("-v", "--verbose", action="store_true", help="print pytest's tail for every mutant")
+    parser.add_argument("--all-tests", action="store_true",
+                        help="run the named tests to the end (no -x) and list every test that fails")
     args = parser.parse_args(argv)
 
     names = [m.name for m in MUTANTS]
@@ -195,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             if why:
                 status, out = "STALE", why
             else:
-                rc, out = pytest(root, m.tests, args.timeout)
+                rc, out = pytest(root, m.tests, args.timeout, stop_first=not args.all_tests)
                 status = {0: "SURVIVED", 1: "KILLED", 2: "KILLED"}.get(rc, "ERROR")
             results[m.name] = status
-            print(f"{status:9s} {m.name:40s} {time.perf_counter() - start:6.1f} s", flush=True)
+            by = ", ".join(failed_tests(out)) if status == "KILLED" else ""
+            print(f"{status:9s} {m.name:40s} {time.perf_counter() - start:6.1f} s  {by}".rstrip(), flush=True)
             if status != "KILLED" or args.verbose:
                 print(tail(out) if status != "STALE" else f"    {out}")
             if not args.keep:
