@@ -21,7 +21,7 @@ from csp.method import ConfigError
 from milebench.data import DataError, DatasetFile, Sample, load_dataset
 from milebench.runner import dist as dist_mod
 from milebench.score import score_dataset
-from milebench.runner.settings import RunConfigError, RunPlan, check_budget, fingerprint, make_plan
+from milebench.runner.settings import RESOLVED_FIELDS, RunConfigError, RunPlan, check_budget, fingerprint, make_plan
 from milebench.files import write_atomic
 from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines
 
@@ -64,8 +64,12 @@ def check_run_folder(run_dir: Path, resolved: dict[str, Any]) -> None:
     diff = [f"  {k}: {old.get(k, '<absent>')!r} in the folder, {new.get(k, '<absent>')!r} now"
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diff:
+        hint = ""
+        if any(old.get(k) != new.get(k) for k in RESOLVED_FIELDS):
+            hint = ("\n(dtype and prefill are compared as resolved: `auto` is bfloat16 / batched on CUDA, "
+                    "float32 / per_sample on the CPU; resume on the same kind of device, or set them explicitly)")
         raise RunConfigError(
-            f"{run_dir} holds a run made with a different config ({saved_path}):\n" + "\n".join(diff)
+            f"{run_dir} holds a run made with a different config ({saved_path}):\n" + "\n".join(diff) + hint
             + "\nuse another run_name=... (or output_dir=...), or remove the folder to start over")
 
 
@@ -280,9 +284,14 @@ def load_datasets(runner: Runner) -> list[DatasetFile]:
 
 
 def resolved_config(cfg: DictConfig, plan: RunPlan) -> dict[str, Any]:
+    """The config as saved in the run folder and compared on a rerun: dtype and prefill as
+    resolved for this device (`auto` means bfloat16 and batched on CUDA, float32 and
+    per_sample on the CPU), so a folder started on one device is not silently continued in
+    another precision on the next."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data.pop("hydra", None)
     data["run_name"] = plan.run_name
+    data["dtype"], data["prefill"] = plan.dtype, plan.prefill
     return data
 
 

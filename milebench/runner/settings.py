@@ -24,7 +24,9 @@ ON_ERROR = ("raise", "skip")
 PREFILL = ("auto", "batched", "per_sample")
 
 # Fields that may change between two runs into the same run folder: they select which
-# samples run, or where, but never change a prediction. Every other field must match.
+# samples run, or where, but never change a prediction. Every other field must match, dtype
+# and prefill as RESOLVED (their `auto` depends on the device, which may change).
+RESOLVED_FIELDS = ("dtype", "prefill")
 RESUMABLE_FIELDS = ("datasets", "limit", "output_dir", "run_name", "on_error", "device", "fidelity")
 
 # Overrides that name a run differently when `run_name` is not given (sweeps over them
@@ -119,6 +121,14 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def resolve_prefill(prefill: str, device: str) -> str:
+    if prefill not in PREFILL:
+        raise RunConfigError(f"prefill={prefill!r}: expected one of {', '.join(PREFILL)}")
+    if prefill == "auto":
+        return "batched" if device.startswith("cuda") else "per_sample"
+    return prefill
+
+
 def derive_run_name(method_name: str, cfg: DictConfig, overrides: Iterable[str] = ()) -> str:
     """`<method>_b<budget>` (or `_t<tokens>`; the full cache is just `full`) plus every
     method-affecting command-line override, so each job of a sweep gets its own folder:
@@ -177,11 +187,7 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
     max_new = _number(cfg, "max_new_tokens", integer=True)
     if max_new < 1:
         raise RunConfigError(f"max_new_tokens={max_new} must be >= 1")
-    prefill = str(cfg.get("prefill", "auto"))
-    if prefill not in PREFILL:
-        raise RunConfigError(f"prefill={prefill!r}: expected one of {', '.join(PREFILL)}")
-    if prefill == "auto":
-        prefill = "batched" if device.startswith("cuda") else "per_sample"
+    prefill = resolve_prefill(str(cfg.get("prefill", "auto")), device)
     if cfg.on_error not in ON_ERROR:
         raise RunConfigError(f"on_error={cfg.on_error!r}: expected raise or skip")
     if not isinstance(cfg.get("fidelity", False), bool):
