@@ -180,9 +180,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def write_result_files(folder: Path, preds: list[dict[str, Any]], result: DatasetScore) -> None:
-    """Write a scored dataset's files beside its pred.json (names from `output_names`)."""
+    """Write a scored dataset's files beside its pred.json (names from `output_names`).
+
+    eval.json goes LAST: the runner takes it as the mark of a scored dataset, so a kill
+    between two of these files must leave it absent and the dataset is scored again."""
     names = output_names(result.corrected)
-    _write_json(folder / names["eval"], result.eval_json())
     _write_json(folder / names["eval_score"], result.eval_score_json())
     if result.extracted is not None:
         _write_json(folder / names["pred_with_extracted"],
@@ -192,6 +194,7 @@ def write_result_files(folder: Path, preds: list[dict[str, Any]], result: Datase
             "Rouge-L f": result.google_rouge_l,
             "implementation": "rouge-score (Google) rougeL, no stemming, on normalized text",
         })
+    _write_json(folder / names["eval"], result.eval_json())
 
 
 def dataset_of(folder_name: str) -> tuple[str, bool]:

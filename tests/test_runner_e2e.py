@@ -115,6 +115,54 @@ def test_sigkill_then_rerun_gives_identical_files(reference, tmp_path):
     assert files_of(tmp_path / "tiny-llava" / "csp_b0.2") == files_of(reference)
 
 
+def test_sigkill_inside_a_multi_sample_batch_then_resume(reference, tmp_path, monkeypatch):
+    """WebQA runs as ONE batch of 3 after MMCoQA. The run is SIGKILLed while that batch is in
+    flight, and its partial file is left as a kill in the middle of the batch's write leaves
+    it: the first line whole, the second torn. The resume must redo the batch as a whole (the
+    same padding as an uninterrupted run) yet append only samples 1 and 2, and end with files
+    identical to the uninterrupted run."""
+    import torch
+
+    from milebench.runner.store import JsonlAppender
+
+    run_dir = tmp_path / "tiny-llava" / "csp_b0.2"
+    cmd = ["bash", "scripts/eval.sh", *SMALL, f"output_dir={tmp_path}", f"hydra.run.dir={tmp_path}/hydra"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (run_dir / "WebQA" / "partial").is_dir():  # opened just before its one batch runs
+            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "WebQA" / "pred.json").exists(), "the WebQA batch finished before the kill"
+    lines = [json.dumps(r, ensure_ascii=False) for r in json.loads((reference / "WebQA" / "pred.json").read_text())]
+    part = run_dir / "WebQA" / "partial" / "rank0.jsonl"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2], encoding="utf-8")
+
+    appended = []
+    real_append = JsonlAppender.append
+
+    def spy(self, records):
+        records = list(records)
+        if self.path == part:
+            appended.extend(r["sample_id"] for r in records)
+        real_append(self, records)
+
+    monkeypatch.setattr(JsonlAppender, "append", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic as the one-thread subprocess that made `reference`
+    try:
+        run(compose_cfg(*SMALL, f"output_dir={tmp_path}"), method_name="csp")
+    finally:
+        torch.set_num_threads(threads)
+    assert appended == [1, 2]  # none skipped, none written twice
+    assert files_of(run_dir) == files_of(reference)
+
+
 def test_two_processes_equal_one(reference, tmp_path):
     cli(*SMALL, out=tmp_path, nproc=2)
     assert files_of(tmp_path / "tiny-llava" / "csp_b0.2") == files_of(reference)

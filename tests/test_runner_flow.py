@@ -183,3 +183,31 @@ def test_explicit_values_equal_to_the_resolved_auto_resume(tmp_path, monkeypatch
     assert len(json.loads((run_dir / "WebQA" / "pred.json").read_text())) == 2
     with pytest.raises(RunConfigError, match="dtype: 'float32' in the folder, 'bfloat16' now"):
         run(compose_cfg(*args, "dtype=bfloat16"), method_name="full", load_adapter=never, generate_fn=never)
+
+
+def test_a_kill_while_scoring_leaves_the_dataset_to_be_scored_again(tmp_path, monkeypatch, load_once):
+    """The runner skips a dataset whose eval.json exists, so every other result file must be
+    written before it: here the process "dies" after the first scoring file, and the rerun
+    must complete the folder exactly as an uninterrupted run does."""
+    import milebench.score
+
+    monkeypatch.setattr(csp.generate, "greedy_generate", Spy(answer=None))
+    args = ["datasets=[ALFRED]", "limit=2", "run_name=r"]
+    direct = run(compose_cfg(*args, f"output_dir={tmp_path}/direct"), load_adapter=load_once)
+
+    class Killed(BaseException):
+        pass
+
+    real_write = milebench.score.write_atomic
+
+    def write_then_die(path, text):
+        real_write(path, text)
+        raise Killed(path)
+
+    monkeypatch.setattr(milebench.score, "write_atomic", write_then_die)
+    with pytest.raises(Killed):
+        run(compose_cfg(*args, f"output_dir={tmp_path}/killed"), load_adapter=load_once)
+    monkeypatch.setattr(milebench.score, "write_atomic", real_write)
+    killed = run(compose_cfg(*args, f"output_dir={tmp_path}/killed"), load_adapter=load_once)
+    assert files_of(killed) == files_of(direct)
+    assert {"eval.json", "eval_score.json", "eval_rouge_score.json"} <= {p.name for p in (killed / "ALFRED").iterdir()}
