@@ -185,6 +185,7 @@ class PruningHooks:
                     scaling=float(module.scaling),
                     query_fn=self._query_fn(module, hidden[b], cos[b], sin[b], pos),
                     workspace=self._workspace,
+                    num_layers=len(self.attention_modules),
                 )
                 sel = self.method(kv)
                 if self.evict == "mask":

@@ -9,6 +9,9 @@ position, so a pruned cache stores its entries in prompt order.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -109,3 +112,41 @@ def merge_into_pivots(
         1, pivot, torch.ones(pivot.shape, device=states.device)
     )
     return (total / count.unsqueeze(-1)).to(states.dtype)
+
+
+def apportion(weights: Sequence[float], total: int, cap: int) -> list[int]:
+    """Integers n_i in [0, cap] that sum to `total`, in proportion to `weights`: the budget of
+    each layer (or head) when a method reallocates a shared total.
+
+    Shares are rounded by largest remainder (ties to the earlier entry). An entry whose share
+    exceeds `cap` (it cannot keep more than its candidates) gets `cap`, and the rest of the
+    total is shared out again among the others, in proportion to their weights. All-zero
+    weights share equally.
+    """
+    n = len(weights)
+    if not 0 <= total <= cap * n:
+        raise ValueError(f"cannot apportion {total} among {n} entries of at most {cap}")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"weights must be >= 0, got {list(weights)}")
+    out = [0] * n
+    free = list(range(n))
+    remaining = total
+    while free:
+        mass = sum(weights[i] for i in free)
+        w = {i: (weights[i] / mass if mass > 0 else 1.0 / len(free)) for i in free}
+        share = {i: remaining * w[i] for i in free}
+        over = [i for i in free if share[i] > cap]
+        if over:
+            for i in over:
+                out[i] = cap
+                remaining -= cap
+            free = [i for i in free if i not in over]
+            continue
+        for i in free:
+            out[i] = math.floor(share[i])
+        left = remaining - sum(out[i] for i in free)
+        # remainders compared to 1e-9, so that float noise does not break a tie
+        for i in sorted(free, key=lambda i: (-round(share[i] - out[i], 9), i))[:left]:
+            out[i] += 1
+        break
+    return out

@@ -4,11 +4,17 @@ test_baselines.py: with keys = identity and scaling 1, a query row log(w) attend
 with weight w[j] / sum_{j' <= q} w[j']."""
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
+from baselines.adakv import AdaKV, adaptive_choice
 from baselines.knorm import KNorm
+from baselines.pyramidkv import PyramidKV, pyramid_budgets
 from baselines.tova import TOVA
-from csp.method import Budget
+from csp.method import Budget, ConfigError
+from csp.select import apportion
 from test_baselines import EIGHT, layer_kv, weighted_queries
 
 
@@ -53,3 +59,91 @@ def test_knorm_keeps_the_smallest_key_norms() -> None:
     assert KNorm().select(kv, Budget(selected=1, recent=2)).index.tolist() == [[1, 5, 6], [4, 5, 6]]
     assert KNorm().select(kv, Budget(2, 2)).index.tolist() == [[1, 3, 5, 6], [0, 4, 5, 6]]
     assert KNorm().select(kv, Budget(3, 2)).index.tolist() == [[1, 3, 4, 5, 6], [0, 2, 4, 5, 6]]
+
+
+# ---------------------------------------------------------------- shared: apportioning a total
+def test_apportion_by_largest_remainder_and_caps() -> None:
+    # shares 19.5, 13.17, 6.83, .5 of 40: floors 19 13 6 0 (38), the two largest remainders
+    # (.83 of the third, then the tie .5 / .5 to the earlier) get one more each
+    assert apportion([19.5, 13 + 1 / 6, 6 + 5 / 6, 0.5], 40, cap=100) == [20, 13, 7, 0]
+    # the first wants 15 of 20 but may hold 12; the other takes the rest
+    assert apportion([3, 1], 20, cap=12) == [12, 8]
+    assert apportion([0, 0, 0], 4, cap=2) == [2, 1, 1]  # no weight: equal shares
+    with pytest.raises(ValueError, match="cannot apportion"):
+        apportion([1, 1], 5, cap=2)
+
+
+# ---------------------------------------------------------------- PyramidKV
+def test_pyramid_schedule_by_hand() -> None:
+    # hh 10, 4 layers, beta 20: top 10/20 = .5, bottom 20 - .5 = 19.5, step 19/3:
+    # 19.5 13.17 6.83 .5 (sum 40) -> 20 13 7 0
+    assert pyramid_budgets(10, 4, 20, cap=1000) == [20, 13, 7, 0]
+    # beta 2: top 5, bottom 15 -> 15 11.67 8.33 5 -> 15 12 8 5
+    assert pyramid_budgets(10, 4, 2, cap=1000) == [15, 12, 8, 5]
+    assert pyramid_budgets(10, 4, 1, cap=1000) == [10, 10, 10, 10]  # beta 1: uniform
+    # the bottom layer wants 19.5 of 12 candidates: capped, its excess goes up
+    assert pyramid_budgets(10, 2, 20, cap=12) == [12, 8]
+    assert pyramid_budgets(7, 1, 20, cap=100) == [7]
+
+
+# Distinct window votes: q6 weights [1 2 3 4 5 6 7] / 28, q7 [1 1 6 1 1 8 1 1] / 20; summed for
+# j0..j5: .086 .121 .407 .193 .229 .614 -> ranking j5 j2 j4 j3 j1 j0
+DISTINCT = EIGHT[:6] + [[1, 2, 3, 4, 5, 6, 7], EIGHT[7]]
+
+
+def test_pyramidkv_gives_the_lower_layer_more() -> None:
+    # hh 2 in 2 layers, beta 20: 3.9 and .1 -> 4 and 0 (the total 4 is kept)
+    sels = [PyramidKV(kernel=1).select(dataclasses.replace(eight(DISTINCT), layer_idx=i, num_layers=2), Budget(2, 2))
+            for i in range(2)]
+    assert [s.index.tolist() for s in sels] == [[[2, 3, 4, 5, 6, 7]], [[6, 7]]]
+    # uniform (beta 1) is SnapKV: j5 and j2 in both layers
+    kv = dataclasses.replace(eight(DISTINCT), layer_idx=1, num_layers=2)
+    assert PyramidKV(kernel=1, beta=1).select(kv, Budget(2, 2)).index.tolist() == [[2, 5, 6, 7]]
+    # a lone layer (num_layers 1) is SnapKV too
+    assert PyramidKV(kernel=1).select(eight(DISTINCT), Budget(2, 2)).index.tolist() == [[2, 5, 6, 7]]
+
+
+# ---------------------------------------------------------------- Ada-KV
+# Candidate votes of two heads: A concentrated on one key, B spread.
+VOTES = torch.tensor([[0.05, 0.10, 0.60, 0.09, 0.02, 0.08],
+                      [0.22, 0.19, 0.17, 0.13, 0.11, 0.18]])
+
+
+def kept(mask: torch.Tensor) -> list[list[int]]:
+    return [row.nonzero().squeeze(-1).tolist() for row in mask]
+
+
+def test_adakv_pools_the_heads_votes() -> None:
+    # hh 3 per head: the top 6 of all twelve votes are .60 (A) then .22 .19 .18 .17 .13 (B)
+    assert kept(adaptive_choice(VOTES, 3, floor=0)) == [[2], [0, 1, 2, 3, 5]]
+    # safeguard 2: A first keeps its own best two (j2, j1), B its (j0, j1); the last two
+    # of the six go to the best remaining votes, B's .18 (j5) and .17 (j2)
+    assert kept(adaptive_choice(VOTES, 3, floor=2)) == [[1, 2], [0, 1, 2, 5]]
+    # a floor of the whole budget is the uniform top-3 per head
+    assert kept(adaptive_choice(VOTES, 3, floor=3)) == [[1, 2, 3], [0, 1, 5]]
+
+
+def test_adakv_selection_through_attention() -> None:
+    # head A attends like DISTINCT (window votes for j0..j5: .086 .121 .407 .193 .229 .614),
+    # head B uniformly (zero queries: q6 1/7 + q7 1/8 = .268 for each of j0..j5). hh 4 per
+    # head, kernel 1, no floor: the top 8 pooled votes are A's .614 .407 and B's six .268s
+    q = torch.cat([weighted_queries(DISTINCT), torch.zeros(1, 8, 8)])
+    kv = layer_kv(q, torch.eye(8).expand(2, -1, -1))
+    sel = AdaKV(kernel=1, floor_ratio=0.0).select(kv, Budget(4, 2))
+    assert sel.index.shape == (2, 8)  # padded to head B's 6 + 2
+    rows = [idx[ok].tolist() for idx, ok in zip(sel.index, sel.valid)]
+    assert rows == [[2, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7]]
+    # a floor of the whole hh is the uniform top 4 per head: A j5 j2 j4 j3
+    sel = AdaKV(kernel=1, floor_ratio=1.0).select(kv, Budget(4, 2))
+    assert sel.valid is None and sel.index[0].tolist() == [2, 3, 4, 5, 6, 7]
+    assert sel.index[1].tolist()[-2:] == [6, 7] and len(set(sel.index[1].tolist())) == 6
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: PyramidKV(beta=0.5), "beta"),
+    (lambda: AdaKV(floor_ratio=1.5), "floor_ratio"),
+    (lambda: AdaKV(recent_ratio=0.0), "window"),
+])
+def test_bad_configuration_is_named(make, field) -> None:
+    with pytest.raises(ConfigError, match=field):
+        make()
