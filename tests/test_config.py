@@ -146,14 +146,31 @@ def test_unknown_model_or_method_is_a_composition_error(override, message):
         compose_cfg(override)
 
 
-def test_command_line_reports_a_config_error_without_traceback(tmp_path):
+def _cli_error(tmp_path, *args: str) -> str:
+    """Run the command line, expect exit status 2 and exactly one stderr line; return it."""
     env = dict(os.environ, HYDRA_FULL_ERROR="0")
-    proc = subprocess.run([sys.executable, "-m", "milebench.run", "method=csp", "budget=2",
-                           f"output_dir={tmp_path}", f"hydra.run.dir={tmp_path}/hydra"],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 2
-    assert "configuration error: budget=2 is out of range" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "milebench.run", "method=nope", f"hydra.run.dir={tmp_path}/h"],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 1 and "Could not find 'method/nope'" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "milebench.run", *args, f"output_dir={tmp_path}/out",
+                           f"hydra.run.dir={tmp_path}/hydra"], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
+    return proc.stderr.strip()
+
+
+def test_command_line_reports_a_config_error_in_one_line(tmp_path):
+    assert _cli_error(tmp_path, "method=csp", "budget=2") == "error: budget=2 is out of range: a kept fraction in (0, 1]"
+
+
+def test_command_line_reports_an_unknown_method_with_the_known_ones(tmp_path):
+    """Hydra's own composition error, which it would print over several lines with exit 1."""
+    known = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml"))
+    assert _cli_error(tmp_path, "method=cps") == \
+        f"error: method=cps: no such method config; available: {', '.join(known)}"
+
+
+def test_command_line_reports_a_bad_dataset_file_in_one_line(tmp_path):
+    bad = tmp_path / "data" / "WebQA" / "WebQA.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"meta_data": {"dataset": "WebQA"}, "data": []}')
+    assert _cli_error(tmp_path, "datasets=[WebQA]", f"data_dir={tmp_path / 'data'}") == \
+        f"error: {bad}: dataset WebQA, meta_data: required field 'task_instruction' is missing"
