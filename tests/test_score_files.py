@@ -154,6 +154,15 @@ def test_files_are_byte_for_byte_milebenchs(tmp_path):
     assert list(alfred["image_quantity_level-Result"]) == ["Few", "Medium", "Many"]
 
 
+@pytest.mark.parametrize("images, level", [(2, "Few"), (5, "Few"), (6, "Medium"), (31, "Medium"), (32, "Many"),
+                                           (109, "Many")])
+def test_image_quantity_buckets_at_the_spec_boundaries(images, level):
+    """Few (< 6), Medium (6 to 31), Many (> 31): the level the parquet form leaves out."""
+    from milebench.catalog import image_quantity_level
+
+    assert image_quantity_level(images) == level
+
+
 def test_corrected_mode_writes_apart(mc_run):
     data, run = mc_run
     folder = run / "ActionLocalization"
