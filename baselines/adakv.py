@@ -52,6 +52,7 @@ class AdaKV(SnapKV):
     """floor_ratio: share of the uniform per-head budget every head keeps first (0 .. 1)."""
 
     floor_ratio: float = 0.2
+    prune_text_only_prompts: bool = False  # the harness's rule; only the reference's own SnapKV differs
     name: ClassVar[str] = "adakv"
     display_name: ClassVar[str] = "Ada-KV"
     budget_rule: ClassVar[str] = "spread"

@@ -44,6 +44,7 @@ class PyramidKV(SnapKV):
     and pooling apply."""
 
     beta: float = 20.0
+    prune_text_only_prompts: bool = False  # the harness's rule; only the reference's own SnapKV differs
     name: ClassVar[str] = "pyramidkv"
     display_name: ClassVar[str] = "PyramidKV"
     budget_rule: ClassVar[str] = "spread"

@@ -5,6 +5,9 @@ freshly cached keys and values, recomputes the queries a method asks for from th
 input (q projection + rotary, so any attention kernel works), splits the left-padded batch
 into samples, calls the method once per sample, and rewrites that layer's cache with what
 the method keeps. The full prompt KV of a layer is thus freed as soon as the layer is done.
+A method that allocates across layers (`KVPruner.cross_layer`) is instead shown each layer
+(`observe`, while its queries can be computed) and selects every layer at once when the
+prefill is done (`layout`); the full prompt KV is held until then, as an unpruned prefill holds it.
 
 Samples of a batch may keep different numbers of entries: each sample's kept entries are
 left-padded to the batch's longest and the padding slots are masked out of attention while
@@ -17,7 +20,7 @@ Everything that depends on transformers' cache internals is in `_cache_layer` an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Sequence
 
 import torch
@@ -123,6 +126,21 @@ class _LayerResult:
 
 
 @dataclass
+class _Deferred:
+    """One sample's layer, held for a cross-layer method until every layer has been seen."""
+
+    kv: LayerKV  # without its queries: they can only be computed inside the layer's forward
+    observation: object
+    pos: Tensor
+    padded_len: int
+    selection: Selection | None = None
+
+
+def _queries_gone(last: int | None = None) -> Tensor:
+    raise RuntimeError("a layer's queries can only be computed during its prefill (use `observe`)")
+
+
+@dataclass
 class PruningHooks:
     """Context manager that prunes every decoder layer's cache during ONE prefill forward.
 
@@ -141,6 +159,7 @@ class PruningHooks:
     _results: dict[int, _LayerResult] = field(default_factory=dict, init=False, repr=False)
     _caches: dict[int, object] = field(default_factory=dict, init=False, repr=False)
     _workspace: Workspace = field(default_factory=Workspace, init=False, repr=False)
+    _deferred: dict[int, list[_Deferred]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._real = self.attention_mask.bool()
@@ -173,6 +192,7 @@ class PruningHooks:
         layer = _cache_layer(cache, layer_idx)
         keys, values = layer.keys, layer.values
         kept_k, kept_v, valid, kept = [], [], [], []
+        cross_layer, deferred = getattr(self.method, "cross_layer", False), []
         with torch.no_grad():
             for b in range(keys.shape[0]):
                 pos = self._real[b].nonzero().squeeze(-1)
@@ -187,6 +207,10 @@ class PruningHooks:
                     workspace=self._workspace,
                     num_layers=len(self.attention_modules),
                 )
+                if cross_layer:  # selected once every layer is in: see _select_deferred
+                    held = replace(kv, query_fn=_queries_gone, workspace=None)
+                    deferred.append(_Deferred(held, self.method.observe(kv), pos, keys.shape[2]))
+                    continue
                 sel = self.method(kv)
                 if self.evict == "mask":
                     k, v, ok = self._as_mask(sel, kv, pos, keys.shape[2])
@@ -196,6 +220,9 @@ class PruningHooks:
                 kept_v.append(v)
                 valid.append(ok)
                 kept.append(ok.float().sum(-1).mean())
+        if cross_layer:  # the full prompt KV stays in the cache until the prefill is done
+            self._deferred[layer_idx], self._caches[layer_idx] = deferred, cache
+            return
         layer.keys, layer.values = stack_left_padded(kept_k, -2), stack_left_padded(kept_v, -2)
         self._results[layer_idx] = _LayerResult(stack_left_padded(valid, -1), torch.stack(kept))
         self._caches[layer_idx] = cache
@@ -237,8 +264,36 @@ class PruningHooks:
         return k, v, mask
 
     # -- after the prefill --------------------------------------------------------------------
+    def _select_deferred(self) -> None:
+        """A cross-layer method (`KVPruner.cross_layer`) has observed every layer: select each
+        sample's layers together, then rewrite every layer's cache as the hook would have."""
+        layers = sorted(self._deferred)
+        with torch.no_grad():
+            for b in range(len(self._deferred[layers[0]])):
+                held = [self._deferred[i][b] for i in layers]
+                chosen = self.method.select_layers([h.kv for h in held], [h.observation for h in held])
+                for h, sel in zip(held, chosen):
+                    h.selection = sel
+            for i in layers:
+                kept_k, kept_v, valid, kept = [], [], [], []
+                for h in self._deferred[i]:
+                    if self.evict == "mask":
+                        k, v, ok = self._as_mask(h.selection, h.kv, h.pos, h.padded_len)
+                    else:
+                        k, v, ok = self._gather(h.selection, h.kv)
+                    kept_k.append(k)
+                    kept_v.append(v)
+                    valid.append(ok)
+                    kept.append(ok.float().sum(-1).mean())
+                layer = _cache_layer(self._caches[i], i)
+                layer.keys, layer.values = stack_left_padded(kept_k, -2), stack_left_padded(kept_v, -2)
+                self._results[i] = _LayerResult(stack_left_padded(valid, -1), torch.stack(kept))
+        self._deferred.clear()
+
     def layout(self) -> PrefillLayout:
         """Equalize the layers' cache lengths and describe the slots for the decode loop."""
+        if self._deferred:
+            self._select_deferred()
         if len(self._results) != len(self.attention_modules):
             raise RuntimeError(
                 f"pruning hooks ran in {len(self._results)} of {len(self.attention_modules)} layers"

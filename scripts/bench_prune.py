@@ -107,6 +107,8 @@ def bench_layer(args) -> None:
                 layer_cache.keys, layer_cache.values = full_k, full_v
                 with torch.inference_mode():
                     hooks._after_attention(layer.self_attn, captured["args"], captured["kwargs"], captured["out"])
+                    if method.cross_layer:  # it selects once every layer (here the one) is in
+                        hooks.layout()
                 return layer_cache.keys.shape[2]
 
             return prune

@@ -13,6 +13,7 @@ from baselines.adakv import AdaKV, adaptive_choice
 from baselines.knorm import KNorm
 from baselines.pyramidkv import PyramidKV, pyramid_budgets
 from baselines.tova import TOVA
+from baselines.vlcache import VLCache, post_vision_queries, post_vision_stats
 from csp.method import Budget, ConfigError
 from csp.select import apportion
 from test_baselines import EIGHT, layer_kv, weighted_queries
@@ -139,10 +140,64 @@ def test_adakv_selection_through_attention() -> None:
     assert sel.index[1].tolist()[-2:] == [6, 7] and len(set(sel.index[1].tolist())) == 6
 
 
+# ---------------------------------------------------------------- VL-Cache
+# Six tokens, text j0, image j1 j2 j3, text j4 j5: the post-vision queries are q4 and q5.
+#   layer A: q4 [1 1 1 1 6] / 10 -> .1 .1 .1 .1 .6;  q5 [1 2 1 1 1 4] / 10 -> .1 .2 .1 .1 .1 .4
+#            scores j0..j5: .2 .3 .2 .2 .7 .4
+#            p = .2: q4's cut is .12 (four of its five keys fall below), q5's .08 (none):
+#            sparsity 4 / 11, density 7 / 11
+#   layer B: q4 [2 3 4 5 6] / 20 -> .1 .15 .2 .25 .3;  q5 uniform 1/6: nothing below the cuts,
+#            density 1; scores j0..j4: .267 .317 .367 .417 .467
+VISION = [False, True, True, True, False, False]
+LAYER_A = [[1]] * 4 + [[1, 1, 1, 1, 6], [1, 2, 1, 1, 1, 4]]
+LAYER_B = [[1]] * 4 + [[2, 3, 4, 5, 6], [1] * 6]
+
+
+def vision_kv(rows: list[list[float]], layer: int = 0, layers: int = 1):
+    kv = layer_kv(weighted_queries(rows), torch.eye(6).unsqueeze(0), visual=VISION)
+    return dataclasses.replace(kv, layer_idx=layer, num_layers=layers)
+
+
+def test_vlcache_post_vision_queries() -> None:
+    assert post_vision_queries(torch.tensor(VISION)) == 2
+    assert post_vision_queries(torch.tensor([False, True, True])) == 1  # ends on the image: the last
+    assert post_vision_queries(torch.tensor([True, False, False, False])) == 3
+
+
+def test_vlcache_scores_and_sparsity_by_hand() -> None:
+    stats = post_vision_stats(vision_kv(LAYER_A), threshold=0.2, chunk=512)
+    assert torch.allclose(stats.scores, torch.tensor([[0.2, 0.3, 0.2, 0.2, 0.7, 0.4]]))
+    assert abs(stats.density - 7 / 11) < 1e-9
+    chunked = post_vision_stats(vision_kv(LAYER_A), threshold=0.2, chunk=1)  # one query at a time
+    assert torch.allclose(chunked.scores, stats.scores) and chunked.density == stats.density
+    assert post_vision_stats(vision_kv(LAYER_A), threshold=0.01, chunk=512).density == 1.0
+    assert post_vision_stats(vision_kv(LAYER_B), threshold=0.2, chunk=512).density == 1.0
+
+
+def test_vlcache_gives_the_denser_layer_more() -> None:
+    # hh 3 (budget_tokens 4, R 1) in each of 2 layers = 6 in all, shared 7/11 : 1 ->
+    # 2.33 and 3.67 -> 2 and 4. Layer A keeps its top 2 of j0..j4 (j4 .7, j1 .3), layer B
+    # its top 4 (j4 j3 j2 j1), each then the last token j5
+    method = VLCache(budget=0.5, recent_ratio=0.125, budget_tokens=4, sparsity_threshold=0.2)
+    assert method.split_budget(6) == Budget(3, 1)
+    sels = method.prune_layers([vision_kv(LAYER_A, 0, 2), vision_kv(LAYER_B, 1, 2)])
+    assert [s.index.tolist() for s in sels] == [[[1, 4, 5]], [[1, 2, 3, 4, 5]]]
+    # alike layers share alike: p = .01 sees both layers dense, 3 and 3
+    sels = dataclasses.replace(method, sparsity_threshold=0.01).prune_layers(
+        [vision_kv(LAYER_A, 0, 2), vision_kv(LAYER_B, 1, 2)])
+    assert sels[1].index.tolist() == [[2, 3, 4, 5]]
+    assert sels[0].index.shape == (1, 4) and {1, 4, 5} <= set(sels[0].index[0].tolist())  # + one of three .2s
+    # a prompt without an image is kept whole in every layer (the shared rule)
+    text = [dataclasses.replace(vision_kv(LAYER_A, i, 2), visual=torch.zeros(6, dtype=torch.bool)) for i in range(2)]
+    assert [s.index.tolist() for s in method.prune_layers(text)] == [[list(range(6))]] * 2
+
+
 @pytest.mark.parametrize("make, field", [
     (lambda: PyramidKV(beta=0.5), "beta"),
     (lambda: AdaKV(floor_ratio=1.5), "floor_ratio"),
     (lambda: AdaKV(recent_ratio=0.0), "window"),
+    (lambda: VLCache(sparsity_threshold=0.0), "sparsity_threshold"),
+    (lambda: VLCache(chunk_size=0), "chunk_size"),
 ])
 def test_bad_configuration_is_named(make, field) -> None:
     with pytest.raises(ConfigError, match=field):

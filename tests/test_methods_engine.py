@@ -2,12 +2,23 @@
 layer count (PyramidKV's schedule) and every layer at once (cross-layer methods)."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import ClassVar
+
+import pytest
 import torch
 from PIL import Image
 
 from baselines.pyramidkv import pyramid_budgets
-from csp.generate import prefill
+from baselines.streamingllm import StreamingLLM
+from csp.generate import greedy_generate, prefill
+from csp.method import KVPruner, LayerKV, Selection
+from csp.models import load_adapter
 from csp.registry import build_method
+from csp.select import apportion
+from test_baselines_e2e import two_prompts
 
 
 def one_prompt(adapter):
@@ -28,3 +39,84 @@ def test_pyramidkv_layers_follow_the_schedule_of_the_whole_model(tiny_llava) -> 
     assert layers > 1 and expected[0] > expected[-1]  # the schedule really slopes on this model
     assert layout.kept[:, 0].tolist() == expected
     assert layout.ragged  # layers keep different counts: per-layer masks while decoding
+
+
+# ---------------------------------------------------------------- cross-layer methods
+@dataclass
+class RecentOnlyAcrossLayers(KVPruner):
+    """A cross-layer method that keeps what StreamingLLM without sinks keeps, recording what
+    the engine showed it: queries during each layer's prefill, then all layers at once."""
+
+    calls: list = dataclass_field(default_factory=list)
+    cross_layer: ClassVar[bool] = True
+
+    def observe(self, kv: LayerKV) -> tuple[int, int]:
+        return kv.layer_idx, kv.queries(1).shape[1]  # queries exist now, not later
+
+    def select_layers(self, kvs: list[LayerKV], observations: list) -> list[Selection]:
+        self.calls.append([kv.layer_idx for kv in kvs])
+        assert observations == [(kv.layer_idx, 1) for kv in kvs]
+        with pytest.raises(RuntimeError, match="during its prefill"):
+            kvs[0].queries(1)
+        total = self.split_budget(kvs[0].length).total
+        return [Selection(index=torch.arange(kv.length - total, kv.length).expand(kv.kv_heads, -1)) for kv in kvs]
+
+
+@pytest.mark.parametrize("evict", ["drop", "mask"])
+def test_cross_layer_methods_select_every_layer_after_the_prefill(tiny_llava, evict) -> None:
+    inputs = two_prompts(tiny_llava)
+    layers = len(tiny_llava.attention_modules())
+    deferred = RecentOnlyAcrossLayers(budget=0.3, recent_ratio=0.1)
+    out = greedy_generate(tiny_llava, inputs, deferred, max_new_tokens=4, min_new_tokens=4, evict=evict)
+    # one call per sample of the batch, each with every layer in order
+    assert deferred.calls == [list(range(layers))] * 2
+    same = greedy_generate(tiny_llava, inputs, StreamingLLM(sinks=0, budget=0.3, recent_ratio=0.1),
+                           max_new_tokens=4, min_new_tokens=4, evict=evict)
+    assert out.tokens == same.tokens and out.kv_bytes == same.kv_bytes and out.kept_tokens == same.kept_tokens
+    full = greedy_generate(tiny_llava, inputs, None, max_new_tokens=4, min_new_tokens=4)
+    if evict == "drop":
+        assert out.kv_bytes < full.kv_bytes
+
+
+@pytest.fixture(scope="module")
+def eager_llava(tiny_llava_path):
+    return load_adapter("llava", str(tiny_llava_path), dtype="float32", device="cpu", attn_implementation="eager")
+
+
+def test_vlcache_keeps_what_the_models_own_attention_says(eager_llava) -> None:
+    """Per layer, the post-vision attention of the model itself (output_attentions) gives the
+    scores, the sparsity and so the budget; the engine's mask-mode slots must be exactly the
+    top hh_l of those scores plus the last R."""
+    adapter = eager_llava
+    image = [Image.new("RGB", (40, 30), (10, 120, 200))]
+    text = adapter.format_prompt(f"{adapter.image_token}\nDescribe the picture in words, with every detail you see.")
+    inputs = adapter.encode([text], [image])
+    # the random tiny model attends almost uniformly: no weight is under 1% of its row's
+    # maximum, so a higher cut makes the layers' sparsities differ
+    method = dataclasses.replace(build_method("vlcache", budget=0.4, recent_ratio=0.1), sparsity_threshold=0.3)
+    p = method.sparsity_threshold
+    with torch.inference_mode():
+        attentions = adapter.model(**inputs, output_attentions=True).attentions
+        _, _, layout = prefill(adapter, inputs, method, evict="mask")
+    visual = inputs["input_ids"][0] == adapter.image_token_id
+    length = visual.shape[0]
+    first_post = int(visual.nonzero()[-1]) + 1
+    assert 1 < first_post < length - 1  # a real question after the image
+    b = method.split_budget(length)
+    scores, densities = [], []
+    for att in attentions:  # (1, H, L, L), rows of queries
+        rows = att[0, :, first_post:, :]  # post-vision queries
+        scores.append(rows.sum(dim=1))  # (H, L); one query head per KV head in LLaVA
+        visible = torch.ones(length, length, dtype=torch.bool).tril()[first_post:]
+        zero = (rows < p * rows.amax(dim=-1, keepdim=True)) & visible
+        densities.append(1 - float(zero.sum()) / float(visible.sum() * rows.shape[0]))
+    total = len(attentions) * b.selected
+    hh = apportion(densities, total, length - b.recent)
+    assert sum(hh) == total and len(set(hh)) > 1  # the layers really differ on this model
+    assert layout.ragged
+    for layer, (s, n) in enumerate(zip(scores, hh)):
+        slots = layout.layer_masks[layer][0]  # (Hkv, L): evict="mask" keeps prompt positions
+        for head in range(s.shape[0]):
+            top = s[head, : length - b.recent].topk(n).indices.tolist()
+            expected = sorted(top) + list(range(length - b.recent, length))
+            assert slots[head].nonzero().squeeze(-1).tolist() == expected, (layer, head)
