@@ -7,6 +7,7 @@ path differs.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -25,6 +26,8 @@ from transformers import (
     PreTrainedModel,
     ProcessorMixin,
 )
+
+from csp.llava_encoding import ENCODINGS, expand_image_tokens, follow_sentencepiece, left_pad, llava_input_ids
 
 # Conversation templates keyed by name; each has exactly one ``{prompt}`` field.
 # BOS is not part of a template: the tokenizer adds it, as Llama tokenizers do.
@@ -105,6 +108,9 @@ class ModelAdapter:
     pad_token_id: int
     tokens_per_image: int  # image_token_id positions per image after expansion
     chat_template: str  # a key of CHAT_TEMPLATES, or "processor"
+    # "processor": the checkpoint's processor tokenizes the whole prompt and expands images;
+    # "llava": LLaVA's original encoding (csp/llava_encoding.py), llava family only.
+    encoding: str = "processor"
     _images_kwargs: dict = field(default_factory=dict, repr=False)
 
     def attention_modules(self) -> list[torch.nn.Module]:
@@ -122,7 +128,8 @@ class ModelAdapter:
         """Tokenize already formatted prompts with their images into a LEFT-padded batch.
 
         Each prompt must hold exactly as many ``image_token`` placeholders as it has images;
-        the processor expands each into ``tokens_per_image`` visual positions.
+        each becomes ``tokens_per_image`` visual positions. With ``encoding="llava"`` the ids
+        are LLaVA's (text chunks between images tokenized separately), else the processor's.
         """
         processor = self._require_processor("encode")
         if len(prompts) != len(images):
@@ -135,6 +142,8 @@ class ModelAdapter:
                     f"{len(imgs)} images"
                 )
         flat = [img.convert("RGB") for imgs in images for img in imgs]
+        if self.encoding == "llava":
+            return self._encode_llava(processor, prompts, flat)
         batch = processor(
             text=list(prompts),
             images=flat or None,
@@ -147,6 +156,22 @@ class ModelAdapter:
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
         return batch
+
+    def _encode_llava(self, processor: ProcessorMixin, prompts: list[str], flat: list[Image.Image]) -> BatchFeature:
+        rows = [
+            expand_image_tokens(
+                llava_input_ids(p, processor.tokenizer, self.image_token, self.image_token_id),
+                self.image_token_id,
+                self.tokens_per_image,
+            )
+            for p in prompts
+        ]
+        input_ids, attention_mask = left_pad(rows, self.pad_token_id)
+        data = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if flat:
+            pixels = processor.image_processor(flat, return_tensors="pt", **self._images_kwargs)["pixel_values"]
+            data["pixel_values"] = pixels.to(self.model.dtype)
+        return BatchFeature(data).to(self.model.device)
 
     def decode(self, ids) -> str:
         processor = self._require_processor("decode")
@@ -166,8 +191,13 @@ class ModelAdapter:
         processor: ProcessorMixin | None = None,
         *,
         chat_template: str | None = None,
+        encoding: str | None = None,
     ) -> ModelAdapter:
-        """Describe an already built model (e.g. random weights with 7B shapes, no processor)."""
+        """Describe an already built model (e.g. random weights with 7B shapes, no processor).
+
+        ``encoding="llava"`` gives the adapter its own copy of the processor whose tokenizer
+        follows SentencePiece's dummy-prefix rule (see csp/llava_encoding.py), so prompt
+        encoding and MileBench's truncation count tokens as LLaVA's tokenizer does."""
         config = model.config
         family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
         if family is None:
@@ -176,6 +206,11 @@ class ModelAdapter:
             )
         template = chat_template or FAMILIES[family].default_template
         _check_template_name(template)
+        encoding = encoding or "processor"
+        _check_encoding(family, encoding)
+        if encoding == "llava" and processor is not None:
+            processor = copy.copy(processor)
+            processor.tokenizer = follow_sentencepiece(processor.tokenizer)
         if template == PROCESSOR_TEMPLATE and (processor is None or not getattr(processor, "chat_template", None)):
             raise ValueError("chat_template='processor' needs a processor that carries a chat template")
 
@@ -203,6 +238,7 @@ class ModelAdapter:
             pad_token_id=pad,
             tokens_per_image=tokens_per_image,
             chat_template=template,
+            encoding=encoding,
             _images_kwargs=images_kwargs,
         )
 
@@ -266,6 +302,13 @@ def _special_ids(model: PreTrainedModel, processor: ProcessorMixin | None) -> tu
         eos[0],
     )
     return eos, pad
+
+
+def _check_encoding(family: str, encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding={encoding!r} is unknown; expected one of {list(ENCODINGS)}")
+    if encoding == "llava" and family != "llava":
+        raise ValueError(f"encoding='llava' is LLaVA's own prompt encoding; family {family!r} needs 'processor'")
 
 
 def _check_template_name(name: str) -> None:
@@ -345,6 +388,7 @@ def load_adapter(
     device: str = "cpu",
     attn_implementation: str = "sdpa",
     chat_template: str | None = None,
+    encoding: str | None = None,
 ) -> ModelAdapter:
     """Load a checkpoint (local folder or hub id) of ``family`` with its processor."""
     path = str(path)
@@ -352,6 +396,8 @@ def load_adapter(
     _check_path(path)
     if chat_template is not None:
         _check_template_name(chat_template)
+    if encoding is not None:
+        _check_encoding(family, encoding)
     try:
         processor = _load_processor(family, path)
         model = FAMILIES[family].model_class.from_pretrained(
@@ -362,7 +408,7 @@ def load_adapter(
     _ensure_square_padding(family, processor, path)
     processor.tokenizer.padding_side = "left"
     model = model.to(device).eval()
-    return ModelAdapter.from_model(model, processor, chat_template=chat_template)
+    return ModelAdapter.from_model(model, processor, chat_template=chat_template, encoding=encoding)
 
 
 def check_model_config(
@@ -381,6 +427,9 @@ def check_model_config(
         template = cfg_model.get("chat_template")
         if template is not None:
             _check_template_name(str(template))
+        encoding = cfg_model.get("encoding")
+        if encoding is not None:
+            _check_encoding(str(family), str(encoding))
         tiny = cfg_model.get("tiny")
         if tiny:
             from csp.tiny import FAMILIES as TINY_FAMILIES
@@ -422,6 +471,7 @@ def adapter_from_config(
         device=device,
         attn_implementation=attn_implementation,
         chat_template=cfg_model.get("chat_template"),
+        encoding=cfg_model.get("encoding"),
     )
     expected = cfg_model.get("tokens_per_image")
     if expected is not None and int(expected) != adapter.tokens_per_image:
