@@ -55,6 +55,7 @@ class AdaKV(SnapKV):
     prune_text_only_prompts: bool = False  # the harness's rule; only the reference's own SnapKV differs
     name: ClassVar[str] = "adakv"
     display_name: ClassVar[str] = "Ada-KV"
+    table_label: ClassVar[str | None] = None  # not SnapKV's row: the paper has no Ada-KV
     budget_rule: ClassVar[str] = "spread"
 
     def __post_init__(self) -> None:

@@ -47,6 +47,7 @@ class PyramidKV(SnapKV):
     prune_text_only_prompts: bool = False  # the harness's rule; only the reference's own SnapKV differs
     name: ClassVar[str] = "pyramidkv"
     display_name: ClassVar[str] = "PyramidKV"
+    table_label: ClassVar[str | None] = None  # not SnapKV's row: the paper has no PyramidKV
     budget_rule: ClassVar[str] = "spread"
 
     def __post_init__(self) -> None:
