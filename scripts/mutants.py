@@ -122,6 +122,10 @@ MUTANTS: list[Mutant] = [
     Mutant("csp-intersection-is-union", "csp/cross_self.py",
            "both = (_ranks(s_self) < k_self) & (_ranks(s_cross) < k_cross)",
            "both = (_ranks(s_self) < k_self) | (_ranks(s_cross) < k_cross)", ("tests/test_csp.py",)),
+    Mutant("generate-merge-uniform-sample-all-slots", "csp/generate.py",
+           "per_sample = [lay.layer_masks or [lay.slot_mask[:, None, :].expand(-1, heads, -1)]",
+           "per_sample = [lay.layer_masks or [torch.ones_like(lay.slot_mask)[:, None, :].expand(-1, heads, -1)]",
+           (TRUTH,)),
     # end of engine and methods
 ]
 

@@ -392,6 +392,8 @@ def test_csp_intersection_logits_equal_the_masked_forward(family, impl, mode, ea
         if case.image_last:  # the window holds image tokens: a real intersection, of other sizes per head
             assert chosen.sum() > 0
             assert bool((chosen.max(1).values > chosen.min(1).values).any()), chosen
+        else:  # a text-only window: nothing in both lists, a uniform layout (the merge's other branch)
+            assert chosen.sum() == 0
         truth = truth_logits(adapter, single, new[b], kept)
         assert torch.allclose(got[:, b], truth, atol=ATOL), (b, (got[:, b] - truth).abs().max())
     assert layout.ragged
