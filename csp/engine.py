@@ -8,6 +8,9 @@ the method keeps. The full prompt KV of a layer is thus freed as soon as the lay
 A method that allocates across layers (`KVPruner.cross_layer`) is instead shown each layer
 (`observe`, while its queries can be computed) and selects every layer at once when the
 prefill is done (`layout`); the full prompt KV is held until then, as an unpruned prefill holds it.
+A method that changes the prefill itself (`KVPruner.prefill_masking`, FastV) names after a
+layer the keys that every later layer must not attend to; a pre-hook then gives those layers
+a full attention mask (sdpa or eager) until the prefill ends.
 
 Samples of a batch may keep different numbers of entries: each sample's kept entries are
 left-padded to the batch's longest and the padding slots are masked out of attention while
@@ -164,10 +167,14 @@ class PruningHooks:
     def __post_init__(self) -> None:
         self._real = self.attention_mask.bool()
         self._visual = self.input_ids == self.image_token_id
+        self._prefill_masking = getattr(self.method, "prefill_masking", False)
+        self._masked_keys = torch.zeros_like(self._real)  # (B, P) keys masked by a method's prefill_mask
 
     def __enter__(self) -> "PruningHooks":
         for module in self.attention_modules:
             self._handles.append(module.register_forward_hook(self._after_attention, with_kwargs=True))
+            if self._prefill_masking:
+                self._handles.append(module.register_forward_pre_hook(self._prefill_key_mask, with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -206,12 +213,17 @@ class PruningHooks:
                     query_fn=self._query_fn(module, hidden[b], cos[b], sin[b], pos),
                     workspace=self._workspace,
                     num_layers=len(self.attention_modules),
+                    masked=self._masked_keys[b, pos] if self._prefill_masking else None,
                 )
                 if cross_layer:  # selected once every layer is in: see _select_deferred
                     held = replace(kv, query_fn=_queries_gone, workspace=None)
                     deferred.append(_Deferred(held, self.method.observe(kv), pos, keys.shape[2]))
                     continue
                 sel = self.method(kv)
+                if self._prefill_masking:
+                    hide = self.method.prefill_mask(kv)
+                    if hide is not None:
+                        self._masked_keys[b, pos[hide.to(pos.device)]] = True
                 if self.evict == "mask":
                     k, v, ok = self._as_mask(sel, kv, pos, keys.shape[2])
                 else:
@@ -226,6 +238,28 @@ class PruningHooks:
         layer.keys, layer.values = stack_left_padded(kept_k, -2), stack_left_padded(kept_v, -2)
         self._results[layer_idx] = _LayerResult(stack_left_padded(valid, -1), torch.stack(kept))
         self._caches[layer_idx] = cache
+
+    def _prefill_key_mask(self, module: nn.Module, args, kwargs):
+        """Before a layer's prefill attention: once a method has hidden keys (`prefill_mask`),
+        the layer attends causally to the real, unhidden keys only. Every query still sees
+        itself, so no row is empty (a hidden token's own output reaches no other token)."""
+        if not bool(self._masked_keys.any()):
+            return None
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        length = self._real.shape[1]
+        allowed = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()
+        allowed = allowed & (self._real & ~self._masked_keys).to(hidden.device)[:, None, :]
+        allowed = (allowed | torch.eye(length, dtype=torch.bool, device=hidden.device))[:, None]
+        impl = module.config._attn_implementation
+        if impl == "eager":
+            kwargs["attention_mask"] = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(
+                ~allowed, torch.finfo(hidden.dtype).min)
+        elif impl == "sdpa":
+            kwargs["attention_mask"] = allowed
+        else:
+            raise ValueError(f"{self.method.name} masks keys during the prefill, which needs a full attention "
+                             f"mask; attn_implementation={impl!r} takes only a padding mask: use 'sdpa' or 'eager'")
+        return args, kwargs
 
     @staticmethod
     def _query_fn(module, hidden_b, cos_b, sin_b, pos):

@@ -8,7 +8,7 @@ override of `budget` / `recent_ratio` / `budget_tokens` changes every method ali
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Mapping
 
 import torch
@@ -41,6 +41,9 @@ class LayerKV:
     query_fn: Callable[[int | None], Tensor] = field(repr=False)
     workspace: Workspace | None = field(default=None, repr=False)  # reusable score buffer
     num_layers: int = 1  # decoder layers of the model: per-layer budgets (PyramidKV) need it
+    # (L,) bool: keys this layer's prefill did not attend to, because an earlier layer's
+    # `prefill_mask` masked them (None: none masked)
+    masked: Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -132,6 +135,9 @@ class KVPruner:
     # True for a method that allocates across layers: the engine then calls `observe` in every
     # layer's prefill and `select_layers` once the last layer is done (see csp.engine).
     cross_layer: ClassVar[bool] = False
+    # True for a method that changes the prefill itself: after each layer the engine asks
+    # `prefill_mask` which keys every later layer of the prefill must not attend to.
+    prefill_masking: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         try:
@@ -174,9 +180,23 @@ class KVPruner:
         layer on its own."""
         return [self(kv) for kv in kvs]
 
+    def prefill_mask(self, kv: LayerKV) -> Tensor | None:
+        """(L,) bool: keys to hide from every later layer during the prefill (FastV), or None."""
+        return None
+
     def prune_layers(self, kvs: list[LayerKV]) -> list[Selection]:
         """What a prefill does with one sample's layers, in order, on tensors alone (tests and
-        analyses call this; the engine interleaves the same two steps with the forward)."""
+        analyses call this; the engine interleaves the same steps with the forward). The
+        tensors are given, so a prefill mask only reaches the later layers' `masked`."""
+        if self.prefill_masking:
+            out, masked = [], None
+            for kv in kvs:
+                kv = replace(kv, masked=masked)
+                out.append(self(kv))
+                new = self.prefill_mask(kv)
+                if new is not None:
+                    masked = new if masked is None else masked | new
+            return out
         return self.select_layers(kvs, [self.observe(kv) for kv in kvs])
 
     def for_dataset(self, settings: Mapping[str, Any]) -> "KVPruner":

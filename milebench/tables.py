@@ -109,6 +109,9 @@ class RunMeta:
     def budget_label(self) -> str:
         if self.method == "full":
             return "full"
+        info = _method_info(self.method)
+        if info is not None and info.budget_rule == "own":
+            return "own"  # its own budget (FastV's K and R): the shared budget fields do not apply
         if self.budget_tokens is not None:
             return f"{self.budget_tokens} tok"
         return "?" if self.budget is None else f"{self.budget:g}"

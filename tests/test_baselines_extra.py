@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from baselines.adakv import AdaKV, adaptive_choice
+from baselines.fastv import FastV
 from baselines.knorm import KNorm
 from baselines.pyramidkv import PyramidKV, pyramid_budgets
 from baselines.tova import TOVA
@@ -192,12 +193,47 @@ def test_vlcache_gives_the_denser_layer_more() -> None:
     assert [s.index.tolist() for s in method.prune_layers(text)] == [[list(range(6))]] * 2
 
 
+# ---------------------------------------------------------------- FastV
+# Seven tokens, text j0, image j1..j4, text j5 j6. Column sums of the attention received:
+#   q3 [1 4 1 1], q5 [1 1 1 6 1 1], q6 [1 1 3 1 1 1 1], the others uniform:
+#   j1 1.807, j2 1.100, j3 1.000, j4 .402 (j0 2.378, j5 .202, j6 .111)
+FAST = [[1], [1, 1], [1, 1, 1], [1, 4, 1, 1], [1] * 5, [1, 1, 1, 6, 1, 1], [1, 1, 3, 1, 1, 1, 1]]
+FAST_VISION = [False, True, True, True, True, False, False]
+
+
+def fast_layers(n: int) -> list:
+    kv = layer_kv(weighted_queries(FAST), torch.eye(7).unsqueeze(0), visual=FAST_VISION)
+    return [dataclasses.replace(kv, layer_idx=i, num_layers=n) for i in range(n)]
+
+
+def test_fastv_drops_the_least_attended_image_tokens_after_layer_k() -> None:
+    layers = fast_layers(4)
+    # layer K - 1 = 1 names half of the four image tokens: the two least attended, j4 and j3
+    assert FastV().prefill_mask(layers[1]).tolist() == [False, False, False, True, True, False, False]
+    assert FastV().prefill_mask(layers[0]) is None and FastV().prefill_mask(layers[2]) is None
+    assert FastV(ratio=0.75).prefill_mask(layers[1]).nonzero().squeeze(-1).tolist() == [2, 3, 4]
+    assert FastV(layer=1).prefill_mask(layers[0]).nonzero().squeeze(-1).tolist() == [3, 4]
+    # over the layers: K = 2 layers keep everything, the later ones all but j3 and j4
+    kept = [s.index.tolist() for s in FastV().prune_layers(layers)]
+    assert kept == [[list(range(7))]] * 2 + [[[0, 1, 2, 5, 6]]] * 2
+
+
+def test_fastv_switches_off() -> None:
+    layers = fast_layers(3)
+    assert FastV(ratio=0.0).prefill_mask(layers[1]) is None
+    assert FastV(budget=1.0, recent_ratio=0.0).prefill_mask(layers[1]) is None  # budget 1: keep everything
+    text = [dataclasses.replace(kv, visual=torch.zeros(7, dtype=torch.bool)) for kv in layers]
+    assert [s.index.tolist() for s in FastV().prune_layers(text)] == [[list(range(7))]] * 3
+
+
 @pytest.mark.parametrize("make, field", [
     (lambda: PyramidKV(beta=0.5), "beta"),
     (lambda: AdaKV(floor_ratio=1.5), "floor_ratio"),
     (lambda: AdaKV(recent_ratio=0.0), "window"),
     (lambda: VLCache(sparsity_threshold=0.0), "sparsity_threshold"),
     (lambda: VLCache(chunk_size=0), "chunk_size"),
+    (lambda: FastV(layer=0), "layer"),
+    (lambda: FastV(ratio=1.5), "ratio"),
 ])
 def test_bad_configuration_is_named(make, field) -> None:
     with pytest.raises(ConfigError, match=field):

@@ -238,3 +238,6 @@ def test_every_registered_method_reaches_the_tables_with_its_own_row(tmp_path):
     assert list(ours["method"])[: len(paper_labels)] == list(paper_labels)
     header = next(s for s in (res / "eval_score.md").read_text().splitlines() if s.startswith("| dataset |"))
     assert all(f"llava-1.5-7b / {m} /" in header for m in ours["method"])
+    # a method with its own budget is not labelled with the shared one its run name carries
+    own = {n for n in names if method_info(n).budget_rule == "own" and n != "full"}
+    assert own and set(ours[ours["budget"] == "own"]["run"].str.split("_b").str[0]) == own

@@ -10,12 +10,13 @@ from typing import ClassVar
 import pytest
 import torch
 from PIL import Image
+from transformers import DynamicCache
 
 from baselines.pyramidkv import pyramid_budgets
 from baselines.streamingllm import StreamingLLM
 from csp.generate import greedy_generate, prefill
 from csp.method import KVPruner, LayerKV, Selection
-from csp.models import load_adapter
+from csp.models import language_model, load_adapter
 from csp.registry import build_method
 from csp.select import apportion
 from test_baselines_e2e import two_prompts
@@ -120,3 +121,65 @@ def test_vlcache_keeps_what_the_models_own_attention_says(eager_llava) -> None:
             top = s[head, : length - b.recent].topk(n).indices.tolist()
             expected = sorted(top) + list(range(length - b.recent, length))
             assert slots[head].nonzero().squeeze(-1).tolist() == expected, (layer, head)
+
+
+# ---------------------------------------------------------------- prefill masking (FastV)
+def test_fastv_prefill_equals_dropping_the_tokens_after_layer_k(tiny_llava, eager_llava) -> None:
+    """FastV's own formulation as the truth: run layers K.. on the sequence WITHOUT the dropped
+    image tokens (chosen from the model's own layer K-1 attention), the others at their true
+    positions. The engine's masked prefill must give the same logits, and its caches must
+    hold every token in layers < K and exactly the truth's entries in layers >= K."""
+    image = [Image.new("RGB", (40, 30), (10, 120, 200))]
+    text = tiny_llava.format_prompt(f"{tiny_llava.image_token}\nDescribe the picture in words, with every detail.")
+    inputs = tiny_llava.encode([text], [image])
+    method = build_method("fastv")
+    k = method.layer
+    visual = inputs["input_ids"][0] == tiny_llava.image_token_id
+    length = visual.shape[0]
+    with torch.inference_mode():
+        att = eager_llava.model(**inputs, output_attentions=True).attentions[k - 1][0]  # (H, L, L)
+        received = att.sum(dim=1).mean(dim=0)  # attention each key receives, averaged over heads
+        image_pos = visual.nonzero().squeeze(-1)
+        n_drop = int(method.ratio * image_pos.numel())
+        drop = image_pos[received[image_pos].topk(n_drop, largest=False).indices]
+        keep = torch.tensor([p for p in range(length) if p not in set(drop.tolist())])
+        assert n_drop > 0 and keep.numel() == length - n_drop
+
+        model, lm = tiny_llava.model, language_model(tiny_llava.model)
+        h = model(**inputs, output_hidden_states=True).hidden_states[k][:, keep]  # input of layer k
+        positions = keep[None]
+        truth_cache = DynamicCache(config=model.config)
+        for layer in lm.layers[k:]:
+            h = layer(h, attention_mask=None, position_ids=positions, position_embeddings=lm.rotary_emb(h, positions),
+                      past_key_values=truth_cache, use_cache=True)
+        truth = model.lm_head(lm.norm(h[:, -1]))
+
+        logits, cache, layout = prefill(tiny_llava, inputs, method)
+    assert torch.allclose(logits, truth, atol=1e-4)
+    layers = len(lm.layers)
+    assert layout.kept[:, 0].tolist() == [float(length)] * k + [float(length - n_drop)] * (layers - k)
+    for i in range(k, layers):
+        stored = cache.layers[i].keys[0, :, -keep.numel():]  # left-padded to the widest layer
+        assert torch.allclose(stored, truth_cache.layers[i].keys[0], atol=1e-5), i
+    # and the whole pipeline: decoding after it runs, unlike the full cache
+    full = greedy_generate(tiny_llava, inputs, None, max_new_tokens=3, min_new_tokens=3)
+    out = greedy_generate(tiny_llava, inputs, method, max_new_tokens=3, min_new_tokens=3)
+    assert len(out.tokens[0]) == 3 and out.kept_tokens[0] < full.kept_tokens[0]
+
+
+def test_fastv_batch_equals_each_prompt_alone(tiny_llava) -> None:
+    """The prefill mask of a left-padded batch keeps each sample's own dropped tokens and
+    hides the padding: each sample's logits and kept counts are those of its prompt alone."""
+    images = [[Image.new("RGB", (40, 30), (200, 30, 30))],
+              [Image.new("RGB", (30, 30), (0, 90, 200)), Image.new("RGB", (50, 20), (10, 200, 10))]]
+    texts = [tiny_llava.format_prompt(f"Look at {tiny_llava.image_token} and say what colour it is."),
+             tiny_llava.format_prompt(f"Compare {tiny_llava.image_token} with {tiny_llava.image_token} please, in detail.")]
+    batch = tiny_llava.encode(texts, images)
+    assert not bool(batch["attention_mask"].all())  # really padded
+    method = build_method("fastv")
+    with torch.inference_mode():
+        logits, _, layout = prefill(tiny_llava, batch, method)
+        for b in range(2):
+            alone_logits, _, alone = prefill(tiny_llava, tiny_llava.encode([texts[b]], [images[b]]), method)
+            assert torch.allclose(logits[b], alone_logits[0], atol=1e-4), b
+            assert layout.kept[:, b].tolist() == alone.kept[:, 0].tolist(), b
