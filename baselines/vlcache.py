@@ -25,13 +25,14 @@ kept in every layer, as every method of the harness keeps it. Called on a single
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from csp.attention import grouped_logits, n_softmax
+from csp.attention import grouped_logits
 from csp.method import Budget, ConfigError, LayerKV, ScoredPruner, Selection
 from csp.select import apportion, top_selected_plus_recent
 
@@ -51,6 +52,17 @@ def post_vision_queries(visual: Tensor) -> int:
     return max(after, 1)
 
 
+def softmax_counting(logits: Tensor, log_p: float) -> tuple[Tensor, int]:
+    """The softmax over the last dim, in place, and how many entries fall below p times their
+    row's maximum, counted on the way: a_j < p * max a  <=>  l_j - max l < log p. One pass over
+    the scores fewer than a softmax followed by a max and a comparison; the comparison is
+    made one KV head at a time so that its mask stays small. Masked (-inf) entries count."""
+    logits.sub_(logits.amax(dim=-1, keepdim=True))
+    small = sum(int(torch.count_nonzero(head < log_p)) for head in logits)
+    probs = logits.exp_()
+    return probs.div_(probs.sum(dim=-1, keepdim=True)), small
+
+
 def post_vision_stats(kv: LayerKV, threshold: float, chunk: int) -> PostVision:
     """Scores and density of one layer, `chunk` post-vision queries at a time."""
     length, n_post = kv.length, post_vision_queries(kv.visual)
@@ -60,13 +72,12 @@ def post_vision_stats(kv: LayerKV, threshold: float, chunk: int) -> PostVision:
     for offset in range(0, n_post, chunk):
         start = length - n_post + offset
         logits = grouped_logits(queries[:, offset : offset + chunk], kv.keys, kv.scaling, start, kv.workspace)
-        a = n_softmax(logits, 0.0, inplace=True)  # (Hkv, g, w, L), exactly 0 in a query's future
+        a, below = softmax_counting(logits, math.log(threshold))  # (Hkv, g, w, L); 0 in a query's future
         scores += a.sum(dim=2).mean(dim=1)
         rows = a.shape[0] * a.shape[1]
         seen = torch.arange(start + 1, start + a.shape[2] + 1, device=a.device)  # keys query q sees
-        future = (length - seen).sum()
-        small += int((a < threshold * a.amax(dim=-1, keepdim=True)).sum() - rows * future)
-        visible += int(rows * seen.sum())
+        small += below - rows * int((length - seen).sum())  # the future is no sparsity
+        visible += rows * int(seen.sum())
     return PostVision(scores, 1.0 - small / visible)
 
 
