@@ -3,7 +3,7 @@ against transformers' `generate`.
 
     python scripts/bench_prune.py                          # CSP, LLaVA-1.5-7B layer shapes, L = 4096
     python scripts/bench_prune.py --methods csp,h2o,snapkv --length 2048 --repeats 5
-    python scripts/bench_prune.py --methods all --skip-decode   # every method of Table 1
+    python scripts/bench_prune.py --methods all --skip-decode   # every registered method
 
 Part 1 builds one LlamaDecoderLayer with random weights and the 7B shapes (hidden 4096,
 32 heads, head dim 128; weights do not change cost), runs its prefill on L tokens of which a
@@ -34,7 +34,8 @@ def build_method(name: str, budget: float, recent_ratio: float):
 
 
 def method_names(spec: str) -> list[str]:
-    """`all` = every pruning method with a config (CSP first, then the baselines), else a list."""
+    """`all` = every pruning method with a config (CSP first, then the others), else a list.
+    FastV acts from layer K on, so this one-layer benchmark shows it keeping everything."""
     if spec != "all":
         return spec.split(",")
     names = [n for n in registry.method_names() if n not in ("full", "csp")]
