@@ -41,6 +41,8 @@ class Mutant:
 
 
 TRUTH = "tests/test_engine_truth.py"
+FIDELITY, METRICS, FILES = "tests/test_fidelity.py", "tests/test_score_metrics.py", "tests/test_score_files.py"
+E2E, FLOW, CONFIG = "tests/test_runner_e2e.py", "tests/test_runner_flow.py", "tests/test_config.py"
 
 MUTANTS: list[Mutant] = [
     # engine and methods
@@ -127,6 +129,66 @@ MUTANTS: list[Mutant] = [
            "per_sample = [lay.layer_masks or [torch.ones_like(lay.slot_mask)[:, None, :].expand(-1, heads, -1)]",
            (TRUTH,)),
     # end of engine and methods
+    # runner and scoring
+    Mutant("fidelity-kl-reversed", "csp/fidelity.py",
+           "kl = kl_divergence(ref_logits, our_logits).double().cpu()",
+           "kl = kl_divergence(our_logits, ref_logits).double().cpu()", (FIDELITY,)),
+    Mutant("rouge-periods-to-spaces", "milebench/metrics.py",
+           'return float(_ROUGE.get_scores(pred, gold)[0]["rouge-l"]["f"])',
+           'return float(_ROUGE.get_scores(pred.replace(".", " "), gold.replace(".", " "))[0]["rouge-l"]["f"])',
+           (METRICS,)),
+    Mutant("rouge-score-stemmer-on", "milebench/metrics.py", "use_stemmer=False", "use_stemmer=True", (METRICS,)),
+    Mutant("resume-skips-cut-batch", "milebench/runner/loop.py",
+           "todo = [b for b in mine if any(s.sample_id not in done for s in b)]",
+           "todo = [b for b in mine if all(s.sample_id not in done for s in b)]", (E2E,)),
+    Mutant("resume-rewrites-done-samples", "milebench/runner/loop.py",
+           "if s.sample_id in done:  # the rest of a batch cut short by a kill", "if False:", (E2E,)),
+    Mutant("rerun-larger-limit-not-merged", "milebench/runner/loop.py",
+           "up_to_date = store.is_final() and not store.partial_dir.exists() and",
+           "up_to_date = store.is_final() and", (FLOW,)),
+    Mutant("rerun-ignores-pred-json", "milebench/runner/store.py",
+           "        if self.pred_path.is_file():\n            try:", "        if False:\n            try:", (FLOW,)),
+    Mutant("generation-gets-run-method", "milebench/runner/loop.py",
+           "records = self.run_batch(dataset, batch, done, method, gen_kwargs)",
+           "records = self.run_batch(dataset, batch, done, self.method, gen_kwargs)", (FLOW,)),
+    Mutant("adversarial-reads-test-file", "milebench/runner/loop.py",
+           "adversarial=bool(runner.cfg.adversarial),", "adversarial=False,", (FLOW,)),
+    Mutant("resolved-dtype-not-saved", "milebench/runner/loop.py",
+           'data["dtype"], data["prefill"] = plan.dtype, plan.prefill', "pass", (FLOW,)),
+    Mutant("eval-json-written-first", "milebench/score.py",
+           "    names = output_names(result.corrected)\n",
+           '    names = output_names(result.corrected)\n    _write_json(folder / names["eval"], result.eval_json())\n',
+           (FLOW,)),
+    Mutant("resume-drops-last-line", "milebench/runner/store.py",
+           "for n, line in enumerate(data[:end].splitlines(), 1):",
+           "for n, line in enumerate(data[:end].splitlines()[:-1], 1):", ("tests/test_runner_store.py",)),
+    Mutant("rouge-per-sample-unrounded", "milebench/score.py",
+           "fmt = (lambda s: str(round(s, 3))) if self.metric == ROUGE_METRIC else str", "fmt = str", (FILES,)),
+    Mutant("rouge-empty-as-float", "milebench/metrics.py",
+           "    if not pred.replace(\".\", \"\"):\n        return 0\n",
+           "    if not pred.replace(\".\", \"\"):\n        return 0.0\n", (FILES,)),
+    Mutant("empty-level-left-out", "milebench/score.py",
+           "levels: dict[str, list[float]] = {lv: [0, 0] for lv in LEVELS}",
+           "levels: dict[str, list[float]] = {lv: [0, 0] for lv in LEVELS[:1]}", (FILES,)),
+    Mutant("empty-level-accuracy-float", "milebench/score.py", "s / n if n else 0 for lv", "s / n if n else 0.0 for lv",
+           (FILES,)),
+    Mutant("level-few-boundary", "milebench/catalog.py", "if num_images < 6:", "if num_images <= 6:", (FILES,)),
+    Mutant("level-many-boundary", "milebench/catalog.py",
+           'return "Medium" if num_images <= 31 else "Many"', 'return "Medium" if num_images < 31 else "Many"',
+           (FILES,)),
+    Mutant("mmcoqa-substring-reversed", "milebench/metrics.py", "    return gold in pred\n",
+           "    return pred in gold\n", (METRICS,)),
+    Mutant("needle-substring-not-token", "milebench/metrics.py", "return gold in pred.split()",
+           "return gold in pred", (METRICS,)),
+    Mutant("choice-empty-not-c", "milebench/metrics.py", '    if pred == "":\n        return "C"',
+           '    if pred == "":\n        return ""', (METRICS,)),
+    Mutant("snapkv-skips-text-only", "baselines/snapkv.py", "    prune_text_only_prompts: bool = True\n",
+           "    prune_text_only_prompts: bool = False\n", ("tests/test_text_only_prompts.py",)),
+    Mutant("cli-data-error-traceback", "milebench/run.py", "except (ConfigError, DataError, ScoreError) as e:",
+           "except (ConfigError, ScoreError) as e:", (CONFIG,)),
+    Mutant("cli-hydra-error-multiline", "milebench/run.py", '    os.environ["HYDRA_FULL_ERROR"] = "1"\n', "",
+           (CONFIG,)),
+    # end of runner and scoring
 ]
 
 
