@@ -83,8 +83,25 @@ DATASETS: tuple[DatasetInfo, ...] = (
     _open("ImageNeedleInAHaystack", "NH", "needle", n=320, bs=1),
     _mc("GPR1200", "IR", n=600, bs=1, letters=False),
 )
-BY_NAME: dict[str, DatasetInfo] = {d.name: d for d in DATASETS}
 NAMES: tuple[str, ...] = tuple(d.name for d in DATASETS)
+
+# The proxy task set (milebench/proxy.py): generated tasks that a tiny trained model solves,
+# so that pruning methods separate offline. Kept out of DATASETS, NAMES and GROUPS, so the 29
+# datasets, their task groups and every table built on them stay exactly as they are; the
+# names are known to BY_NAME and get(), hence to the loader, the runner and the scorer. A data
+# dir holding PROXY_MARKER is a proxy copy: there `datasets=all` means PROXY_NAMES.
+PROXY_GROUP = "proxy"
+PROXY_MARKER = "PROXY.json"
+PROXY_DATASETS: tuple[DatasetInfo, ...] = (
+    DatasetInfo("ProxyVisualNeedle", PROXY_GROUP, "multi-choice", "choice", 25, 8),
+    DatasetInfo("ProxyCrossModal", PROXY_GROUP, "multi-choice", "choice", 25, 8),
+    DatasetInfo("ProxyTemporal", PROXY_GROUP, "multi-choice", "choice", 25, 8),
+    DatasetInfo("ProxyMultiTurn", PROXY_GROUP, "multi-choice", "choice", 25, 8),
+    DatasetInfo("ProxyTextNeedle", PROXY_GROUP, "open-ended", "rouge", 25, 8),
+    DatasetInfo("ProxyImageDiff", PROXY_GROUP, "open-ended", "rouge", 25, 8),
+)
+PROXY_NAMES: tuple[str, ...] = tuple(d.name for d in PROXY_DATASETS)
+BY_NAME: dict[str, DatasetInfo] = {d.name: d for d in (*DATASETS, *PROXY_DATASETS)}
 
 
 def get(name: str) -> DatasetInfo:
@@ -96,6 +113,8 @@ def get(name: str) -> DatasetInfo:
 
 
 def in_group(group: str) -> tuple[DatasetInfo, ...]:
+    if group == PROXY_GROUP:
+        return PROXY_DATASETS
     if group not in GROUPS:
         raise KeyError(f"unknown task group {group!r}; valid groups: {', '.join(GROUPS)}")
     return tuple(d for d in DATASETS if d.group == group)

@@ -225,7 +225,7 @@ def _metric_value(path: Path, metric: str) -> float:
 def collect_run(run_dir: Path | str) -> RunScores:
     run_dir = Path(run_dir)
     out = RunScores(meta=read_run_meta(run_dir), path=run_dir, scores={})
-    for d in catalog.DATASETS:
+    for d in (*catalog.DATASETS, *catalog.PROXY_DATASETS):
         folder = run_dir / d.name
         if (folder / "eval.json").is_file():
             out.scores[d.name] = _metric_value(folder / "eval.json", d.metric)
@@ -259,7 +259,7 @@ def fidelity_frame(runs: Sequence[RunScores], formatted: bool = False) -> pd.Dat
     KL(full || method), nats), `<label> top-1 %` and `<label> identical %` (greedy answers
     equal to the full cache's). formatted=True gives strings: KL to 4 decimals, shares to 1."""
     runs = [r for r in sort_runs(runs) if r.fidelity]
-    datasets = [d for d in catalog.NAMES if any(d in r.fidelity for r in runs)]
+    datasets = [d for d in (*catalog.NAMES, *catalog.PROXY_NAMES) if any(d in r.fidelity for r in runs)]
     data: dict[str, list[Any]] = {"dataset": datasets, "group": [catalog.get(d).group for d in datasets]}
     for run in runs:
         for key, name in FIDELITY_FIELDS.items():
@@ -374,6 +374,11 @@ def eval_score_frame(runs: Sequence[RunScores], which: str = "scores") -> pd.Dat
     """Datasets as rows, runs as columns (x 100). which: scores | rouge_score | corrected."""
     runs = sort_runs(runs)
     datasets = ROUGE_DATASETS if which == "rouge_score" else catalog.NAMES
+    proxy = [d.name for d in catalog.PROXY_DATASETS if (which != "rouge_score" or d.scoring == "rouge")
+             and any(d.name in getattr(r, which) for r in runs)]
+    if proxy:  # proxy runs (milebench/proxy.py): their rows, and the 29 only when some run has them
+        real = any(d in getattr(r, which) for r in runs for d in datasets)
+        datasets = [*(datasets if real else ()), *proxy]
     data = {"dataset": list(datasets), "group": [catalog.get(d).group for d in datasets],
             "metric": [_metric_label(d, which) for d in datasets]}
     for run in runs:

@@ -55,9 +55,10 @@ class RunPlan:
     prefill: str  # batched | per_sample (resolved)
 
 
-def select_datasets(spec: Any) -> tuple[str, ...]:
-    """`all`, a task group, a dataset name, a comma-separated string or a list of those;
-    duplicates removed, first mention wins."""
+def select_datasets(spec: Any, all_names: Sequence[str] = catalog.NAMES) -> tuple[str, ...]:
+    """`all` (`all_names`: the 29 datasets, or the proxy set in a proxy data dir), a task
+    group, a dataset name, a comma-separated string or a list of those; duplicates removed,
+    first mention wins."""
     if isinstance(spec, (ListConfig, list, tuple)):
         items = [str(x) for x in spec]
     elif isinstance(spec, str):
@@ -69,7 +70,7 @@ def select_datasets(spec: Any) -> tuple[str, ...]:
     names: list[str] = []
     for item in items:
         if item == "all":
-            names += catalog.NAMES
+            names += all_names
         elif item in catalog.GROUPS:
             names += [d.name for d in catalog.in_group(item)]
         elif item in catalog.BY_NAME:
@@ -179,7 +180,8 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
     dtype = resolve_dtype(str(cfg.dtype), device)
     check_model(cfg.model, dtype, device, str(cfg.attn_implementation))
     check_budget(cfg)
-    datasets = select_datasets(cfg.datasets)
+    proxy_dir = (Path(str(cfg.data_dir)) / catalog.PROXY_MARKER).is_file()
+    datasets = select_datasets(cfg.datasets, catalog.PROXY_NAMES if proxy_dir else catalog.NAMES)
 
     limit = _number(cfg, "limit", integer=True, allow_none=True)
     if limit is not None and limit < 1:
