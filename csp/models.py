@@ -431,12 +431,15 @@ def check_model_config(
         if encoding is not None:
             _check_encoding(str(family), str(encoding))
         tiny = cfg_model.get("tiny")
+        trained = cfg_model.get("trained")
+        if trained is not None and (trained != "proxy" or family != "llava"):
+            raise ValueError(f"field 'trained' is {trained!r}; only 'proxy' (family llava, csp/proxy.py) is known")
         if tiny:
             from csp.tiny import FAMILIES as TINY_FAMILIES
 
             if tiny not in TINY_FAMILIES or tiny != family:
                 raise ValueError(f"field 'tiny' is {tiny!r}; expected the family name, one of {TINY_FAMILIES}")
-        else:
+        elif not trained:
             path = cfg_model.get("path")
             if not path:
                 raise ValueError("field 'path' is empty and no 'tiny' family is given")
@@ -454,7 +457,8 @@ def adapter_from_config(
     """Build the adapter a ``configs/model/*.yaml`` entry describes.
 
     ``tiny: <family>`` (with ``path: null``) means the tiny checkpoint built on demand under
-    models/; otherwise ``path`` is a local folder or a hub id.
+    models/, ``trained: proxy`` the proxy LLaVA trained on demand (csp/proxy.py); otherwise
+    ``path`` is a local folder or a hub id.
     """
     check_model_config(cfg_model, dtype, device, attn_implementation)
     name = cfg_model.get("name", "<unnamed>")
@@ -464,6 +468,10 @@ def adapter_from_config(
         from csp.tiny import ensure_tiny_model
 
         path = ensure_tiny_model(str(tiny), seed=int(cfg_model.get("seed", 0) or 0))
+    elif cfg_model.get("trained") == "proxy":
+        from csp.proxy import ensure_proxy_model
+
+        path = ensure_proxy_model(seed=int(cfg_model.get("seed", 0) or 0))
     adapter = load_adapter(
         str(cfg_model["family"]),
         str(path),
