@@ -26,8 +26,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from csp.method import Budget, ConfigError, LayerKV, Selection
-from csp.select import recent_positions
+from csp.engine.method import Budget, ConfigError, LayerKV, Selection
+from csp.engine.select import recent_positions
 
 from baselines.snapkv import SnapKV
 

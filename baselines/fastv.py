@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
+from csp.engine.method import Budget, ConfigError, KVPruner, LayerKV, Selection
 
 from baselines.h2o import check_chunk_size, heavy_hitter_scores
 

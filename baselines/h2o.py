@@ -11,8 +11,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from csp.attention import column_sums
-from csp.method import Budget, ConfigError, LayerKV, ScoredPruner
+from csp.engine.attention import column_sums
+from csp.engine.method import Budget, ConfigError, LayerKV, ScoredPruner
 
 
 def heavy_hitter_scores(kv: LayerKV, chunk_size: int) -> Tensor:

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from csp.method import Budget, LayerKV, ScoredPruner
+from csp.engine.method import Budget, LayerKV, ScoredPruner
 
 
 @dataclass

@@ -31,8 +31,8 @@ from typing import ClassVar
 
 import torch
 
-from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
-from csp.select import complement, cosine_pivots, merge_into_pivots, top_selected_plus_recent
+from csp.engine.method import Budget, ConfigError, KVPruner, LayerKV, Selection
+from csp.engine.select import complement, cosine_pivots, merge_into_pivots, top_selected_plus_recent
 
 from baselines.h2o import check_chunk_size, heavy_hitter_scores
 

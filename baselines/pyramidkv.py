@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from csp.method import Budget, ConfigError, LayerKV, Selection
-from csp.select import apportion
+from csp.engine.method import Budget, ConfigError, LayerKV, Selection
+from csp.engine.select import apportion
 
 from baselines.snapkv import SnapKV
 

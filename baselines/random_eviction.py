@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from csp.method import Budget, ConfigError, LayerKV, ScoredPruner
+from csp.engine.method import Budget, ConfigError, LayerKV, ScoredPruner
 
 
 def head_generator(seed: int, layer: int, head: int) -> torch.Generator:

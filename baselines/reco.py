@@ -19,9 +19,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from csp.attention import column_sums
-from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
-from csp.select import complement
+from csp.engine.attention import column_sums
+from csp.engine.method import Budget, ConfigError, KVPruner, LayerKV, Selection
+from csp.engine.select import complement
 
 from baselines.h2o import check_chunk_size
 

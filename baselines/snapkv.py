@@ -13,8 +13,8 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from csp.attention import grouped_logits, n_softmax
-from csp.method import Budget, ConfigError, LayerKV, ScoredPruner
+from csp.engine.attention import grouped_logits, n_softmax
+from csp.engine.method import Budget, ConfigError, LayerKV, ScoredPruner
 
 POOLINGS = ("avg", "max")
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
+from csp.engine.method import Budget, ConfigError, KVPruner, LayerKV, Selection
 
 
 @dataclass

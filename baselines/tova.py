@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from csp.method import Budget, LayerKV, ScoredPruner
+from csp.engine.method import Budget, LayerKV, ScoredPruner
 
 from baselines.snapkv import window_scores
 

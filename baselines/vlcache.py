@@ -32,9 +32,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from csp.attention import grouped_logits
-from csp.method import Budget, ConfigError, LayerKV, ScoredPruner, Selection
-from csp.select import apportion, top_selected_plus_recent
+from csp.engine.attention import grouped_logits
+from csp.engine.method import Budget, ConfigError, LayerKV, ScoredPruner, Selection
+from csp.engine.select import apportion, top_selected_plus_recent
 
 
 @dataclass

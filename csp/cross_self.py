@@ -23,8 +23,8 @@ from typing import Any, ClassVar, Literal, Mapping
 import torch
 from torch import Tensor
 
-from csp.attention import grouped_logits, n_softmax
-from csp.method import Budget, ConfigError, KVPruner, LayerKV, Selection
+from csp.engine.attention import grouped_logits, n_softmax
+from csp.engine.method import Budget, ConfigError, KVPruner, LayerKV, Selection
 
 ZERO_RATIO_SPLIT = (1, 308)  # (k_cross, k_self) the reference uses when cross_ratio <= 0
 COMBINE_MODES = ("concat", "union", "intersection")

@@ -22,7 +22,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from csp.method import ConfigError
+from csp.engine.method import ConfigError
 from milebench.data import DataError
 from milebench.runner.loop import run
 from milebench.score import ScoreError

@@ -32,12 +32,12 @@ CONFIG_FILE = "config.yaml"
 
 # ---------------------------------------------------------------- method names ----------
 # A method's display name and paper row label are attributes of the method itself
-# (`display_name`, `table_label`), found from its config name through csp.registry, so a new
+# (`display_name`, `table_label`), found from its config name through csp.engine.registry, so a new
 # method needs no entry here. Run folders of a method without a config keep their raw name.
 
 def _method_info(method: str):
-    from csp.method import ConfigError
-    from csp.registry import method_info
+    from csp.engine.method import ConfigError
+    from csp.engine.registry import method_info
 
     try:
         return method_info(method)
@@ -240,7 +240,7 @@ def collect_run(run_dir: Path | str) -> RunScores:
     return out
 
 
-FIDELITY_FILE = "fidelity.json"  # written by the runner with fidelity=true (csp/fidelity.py)
+FIDELITY_FILE = "fidelity.json"  # written by the runner with fidelity=true (csp/analysis/fidelity.py)
 FIDELITY_FIELDS = {"kl": "KL", "top1": "top-1 %", "identical": "identical %"}
 
 

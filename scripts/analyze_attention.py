@@ -5,7 +5,7 @@
         --datasets T-2,S-4 --data-dir data/MileBench --limit 20 --device cuda --dtype float16
 
 For each sample, the prompt (built exactly as the benchmark run builds it) goes through one
-prefill in which `csp.attention_stats.AttentionRecorder` reads every layer's causal softmax
+prefill in which `csp.analysis.attention_stats.AttentionRecorder` reads every layer's causal softmax
 attention weights and splits them into intra-modality pairs (text->text, image->image) and
 cross-modality pairs (text->image, image->text). Per layer we estimate both densities with a
 Gaussian KDE on the log10 of the weights and take the Jensen-Shannon divergence between them
@@ -28,7 +28,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from csp.attention_stats import AttentionRecorder, kde_js, to_log10  # noqa: E402
+from csp.analysis.attention_stats import AttentionRecorder, kde_js, to_log10  # noqa: E402
 from milebench.files import atomic_path, write_atomic  # noqa: E402
 
 MODEL_CONFIGS = ROOT / "configs" / "model"
@@ -83,7 +83,7 @@ def load_data(args) -> list:
 
 def record_dataset(adapter, dataset, args) -> AttentionRecorder:
     """One prefill per sample with the recorder as the 'method'; nothing is decoded."""
-    from csp.generate import prefill
+    from csp.engine.decode import prefill
     from milebench.runner.loop import prepare_sample
 
     recorder = AttentionRecorder(max_per_layer=args.max_per_layer)
@@ -156,7 +156,7 @@ def js_markdown(js: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     datasets = load_data(args)  # bad data fails before the model loads
-    from csp.models import adapter_from_config
+    from csp.models.config import adapter_from_config
 
     adapter = adapter_from_config(args.model_cfg, args.dtype, args.device, args.attn)
     js_rows, kde_rows = [], []

@@ -44,9 +44,9 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from csp import registry  # noqa: E402
-from csp.generate import Decoder  # noqa: E402
-from csp.method import ConfigError, FullCache  # noqa: E402
+from csp.engine import registry  # noqa: E402
+from csp.engine.decode import Decoder  # noqa: E402
+from csp.engine.method import ConfigError, FullCache  # noqa: E402
 from milebench.files import atomic_path, write_atomic  # noqa: E402
 
 BUDGETS = (1.0, 0.6, 0.3, 0.2, 0.1)
@@ -107,7 +107,7 @@ def build_model(shape: str, layers: int, device: torch.device, dtype: torch.dtyp
     """A random-weight LLaVA with the language model of `shape` and a token vision tower."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from csp.models import ModelAdapter
+    from csp.models.adapters import ModelAdapter
 
     s = SHAPES[shape]
     text = LlamaConfig(hidden_size=s["hidden_size"], intermediate_size=s["intermediate_size"],

@@ -57,7 +57,7 @@ def ensure_runs(results: Path) -> None:
 def honours_budget(method: str) -> bool:
     """Methods with their own budget (the full cache, FastV's fixed share of image tokens)
     keep more than `budget` of the prompt; they are listed, never ranked against the rest."""
-    from csp.registry import method_info
+    from csp.engine.registry import method_info
 
     return method_info(method).budget_rule != "own"
 

@@ -9,7 +9,7 @@ Part 1 builds one LlamaDecoderLayer with random weights and the 7B shapes (hidde
 32 heads, head dim 128; weights do not change cost), runs its prefill on L tokens of which a
 share are image tokens, then times the engine's hook for each method (scoring + selection +
 cache rewrite, the exact code the prefill runs) and counts the peak extra memory the hook
-allocates. Part 2 compares the per-token latency of `csp.generate.greedy_generate` at full
+allocates. Part 2 compares the per-token latency of `csp.engine.decode.greedy_generate` at full
 cache with transformers' greedy `generate` on the same random model (7B-shaped layers, fewer
 of them). Figures are medians of `--repeats` runs; on a noisy machine compare ratios.
 """
@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from csp import registry  # noqa: E402
-from csp.engine import PruningHooks, _cache_layer  # noqa: E402
-from csp.profiling import PeakMemory  # noqa: E402
+from csp.engine import registry  # noqa: E402
+from csp.engine.hooks import PruningHooks, _cache_layer  # noqa: E402
+from csp.analysis.profiling import PeakMemory  # noqa: E402
 
 def build_method(name: str, budget: float, recent_ratio: float):
     return registry.build_method(name, budget, recent_ratio).for_dataset({"cross_ratio": 0.5, "bias": 1.0})
@@ -126,7 +126,7 @@ def bench_layer(args) -> None:
 def bench_decode(args) -> None:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from csp.generate import greedy_generate
+    from csp.engine.decode import greedy_generate
 
     text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                        num_hidden_layers=args.decode_layers, vocab_size=32064, max_position_embeddings=4096)

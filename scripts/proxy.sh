@@ -23,11 +23,11 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HYDRA_FULL_ERROR=1
 start=$(date +%s)
 
 $PY -m milebench.proxy --out "$DATA"
-$PY -m csp.proxy ensure --seed "$SEED"
+$PY -m csp.models.proxy ensure --seed "$SEED"
 
 common=(model=proxy-llava "model.seed=$SEED" "model.name=$NAME" "data_dir=$DATA" "output_dir=$OUT"
         hydra.sweep.dir="multirun/proxy/$NAME" "$@")
-mapfile -t methods < <($PY -c "from csp.registry import method_names; print('\n'.join(m for m in method_names() if m != 'full'))")
+mapfile -t methods < <($PY -c "from csp.engine.registry import method_names; print('\n'.join(m for m in method_names() if m != 'full'))")
 half=$(( (${#methods[@]} + 1) / 2 ))
 first=$(IFS=,; echo "${methods[*]:0:$half}")
 second=$(IFS=,; echo "${methods[*]:$half}")

@@ -8,8 +8,8 @@ from types import ModuleType
 
 import pytest
 
-from csp.models import ModelAdapter, load_adapter
-from csp.tiny import ensure_tiny_model
+from csp.models.adapters import ModelAdapter, load_adapter
+from csp.models.tiny import ensure_tiny_model
 
 
 @pytest.fixture(scope="session")

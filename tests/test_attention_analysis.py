@@ -12,8 +12,8 @@ import torch
 from scipy import integrate
 from scipy.stats import norm
 
-from csp.attention_stats import AttentionRecorder, js_divergence, kde_js, modality_weights
-from csp.generate import prefill
+from csp.analysis.attention_stats import AttentionRecorder, js_divergence, kde_js, modality_weights
+from csp.engine.decode import prefill
 
 ROOT = Path(__file__).resolve().parents[1]
 LN2 = math.log(2)

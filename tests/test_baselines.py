@@ -17,7 +17,7 @@ from baselines.random_eviction import RandomEviction
 from baselines.reco import ReCo
 from baselines.snapkv import SnapKV, smooth
 from baselines.streamingllm import StreamingLLM
-from csp.method import Budget, ConfigError, LayerKV
+from csp.engine.method import Budget, ConfigError, LayerKV
 
 
 def layer_kv(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor | None = None,
@@ -332,7 +332,7 @@ def test_every_method_config_follows_the_shared_budget() -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from csp.registry import METHOD_CONFIGS, method_class, method_names
+    from csp.engine.registry import METHOD_CONFIGS, method_class, method_names
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     # what a few config names promise beyond their file (the LOOK-M variant letters)
@@ -380,7 +380,7 @@ def test_snapkv_grouped_query_heads_are_averaged() -> None:
 
 
 def test_chunked_column_sums_equal_the_whole_attention_map() -> None:
-    from csp.attention import column_sums
+    from csp.engine.attention import column_sums
 
     gen = torch.Generator().manual_seed(3)
     for group in (1, 3):

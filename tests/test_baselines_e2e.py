@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from csp.generate import greedy_generate
-from csp.method import FullCache
-from csp.models import ModelAdapter
-from csp.registry import build_method, method_names
+from csp.engine.decode import greedy_generate
+from csp.engine.method import FullCache
+from csp.models.adapters import ModelAdapter
+from csp.engine.registry import build_method, method_names
 
 METHODS = method_names()
 PRUNING = [n for n in METHODS if not isinstance(build_method(n), FullCache)]

@@ -15,8 +15,8 @@ from baselines.knorm import KNorm
 from baselines.pyramidkv import PyramidKV, pyramid_budgets
 from baselines.tova import TOVA
 from baselines.vlcache import VLCache, post_vision_queries, post_vision_stats
-from csp.method import Budget, ConfigError
-from csp.select import apportion
+from csp.engine.method import Budget, ConfigError
+from csp.engine.select import apportion
 from test_baselines import EIGHT, layer_kv, weighted_queries
 
 

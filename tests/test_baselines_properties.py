@@ -14,8 +14,8 @@ from baselines.lookm import LookM
 from baselines.reco import ReCo
 from baselines.snapkv import SnapKV
 from baselines.streamingllm import StreamingLLM
-from csp.method import ConfigError, FullCache, KVPruner, LayerKV
-from csp.registry import build_method, method_names
+from csp.engine.method import ConfigError, FullCache, KVPruner, LayerKV
+from csp.engine.registry import build_method, method_names
 
 REGISTERED = {n: build_method(n) for n in method_names()}
 # option values no config names, and small chunks so that the chunked paths run

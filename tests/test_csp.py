@@ -8,9 +8,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from csp.attention import grouped_logits, n_softmax
+from csp.engine.attention import grouped_logits, n_softmax
 from csp.cross_self import CrossSelfPruner
-from csp.method import Budget, ConfigError, LayerKV
+from csp.engine.method import Budget, ConfigError, LayerKV
 
 
 def layer(keys: torch.Tensor, visual: list[bool], queries: torch.Tensor | None = None) -> LayerKV:

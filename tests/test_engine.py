@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from csp.cross_self import CrossSelfPruner
-from csp.generate import greedy_generate, prefill
-from csp.method import FullCache
-from csp.models import load_adapter
+from csp.engine.decode import greedy_generate, prefill
+from csp.engine.method import FullCache
+from csp.models.adapters import load_adapter
 
 NEW = 12
 
@@ -79,7 +79,7 @@ def test_pruning_equals_masking(fixture, combine, request):
 
 def test_wrong_positions_would_be_caught(tiny_llava, monkeypatch):
     """The masking test is sensitive to positions: decoding from the pruned length differs."""
-    import csp.generate as gen
+    import csp.engine.decode as gen
 
     method = csp(budget=0.3, combine="union")
     right = run(tiny_llava, method)
@@ -186,7 +186,7 @@ def test_prompts_prefilled_alone_then_decoded_together_equal_the_batch(tiny_llav
 
 
 def test_roomy_layer_appends_like_concatenation_and_grows():
-    from csp.engine import RoomyLayer
+    from csp.engine.hooks import RoomyLayer
 
     torch.manual_seed(0)
     keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)

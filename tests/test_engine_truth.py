@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from csp.attention import grouped_logits, n_softmax
+from csp.engine.attention import grouped_logits, n_softmax
 from csp.cross_self import CrossSelfPruner
-from csp.generate import Decoder, greedy_generate, prefill
-from csp.method import Budget, KVPruner, LayerKV, Selection
-from csp.models import ModelAdapter, language_model, load_adapter
+from csp.engine.decode import Decoder, greedy_generate, prefill
+from csp.engine.method import Budget, KVPruner, LayerKV, Selection
+from csp.models.adapters import ModelAdapter, language_model, load_adapter
 
 ATOL = 1e-4
 TOKENS_PER_IMAGE = 16  # both tiny models: 56 px / 14 px patches, or 112 px / 14 px with pixel shuffle 0.5

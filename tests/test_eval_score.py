@@ -217,9 +217,9 @@ def test_corrected_scores_get_their_own_section(results):
 
 
 def test_every_registered_method_reaches_the_tables_with_its_own_row(tmp_path):
-    """Names come from the methods themselves (csp.registry); the paper's rows are found for
+    """Names come from the methods themselves (csp.engine.registry); the paper's rows are found for
     exactly the paper's methods, whose labels are the paper CSV's own."""
-    from csp.registry import method_info, method_names
+    from csp.engine.registry import method_info, method_names
 
     res = tmp_path / "results"
     names = method_names()

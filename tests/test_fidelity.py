@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from csp.cross_self import CrossSelfPruner
-from csp.fidelity import SampleFidelity, batch_fidelity, fidelity_record, kl_divergence, read_summary, summarize
-from csp.generate import greedy_generate
+from csp.analysis.fidelity import SampleFidelity, batch_fidelity, fidelity_record, kl_divergence, read_summary, summarize
+from csp.engine.decode import greedy_generate
 
 NEW = 10
 CASES = [(2, 4), (1, 1)]  # (images, text repeats): two lengths, so the batch is left-padded
@@ -48,7 +48,7 @@ def test_kl_direction_is_full_given_pruned_along_the_full_answer(tiny_llava):
     the two apart."""
     from torch.nn.functional import kl_div, log_softmax
 
-    from csp.generate import Decoder
+    from csp.engine.decode import Decoder
 
     method = CrossSelfPruner(budget=0.1, recent_ratio=0.05, cross_ratio=0.5, bias=1.0)
     inputs = encode(tiny_llava, [(2, 4)])

@@ -1,5 +1,5 @@
 """The real LLaVA-1.5 tokenizer (Llama-2's SentencePiece vocabulary, built offline by
-csp.llava_tokenizer) and LLaVA's own prompt encoding (csp/llava_encoding.py).
+csp.models.llava_tokenizer) and LLaVA's own prompt encoding (csp/models/llava_encoding.py).
 
 Truths used here, none of them our own code:
 - llama.cpp's reference texts and ids for this vocabulary (shipped beside it), which are what
@@ -33,10 +33,11 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from csp.llava_encoding import follow_sentencepiece, llava_input_ids
-from csp.llava_tokenizer import VocabUnavailable, ensure_llava_tokenizer, reference_vectors
-from csp.models import CHAT_TEMPLATES, ModelAdapter, check_model_config, load_adapter
-from csp.tiny import llava_image_processor_class
+from csp.models.llava_encoding import follow_sentencepiece, llava_input_ids
+from csp.models.llava_tokenizer import VocabUnavailable, ensure_llava_tokenizer, reference_vectors
+from csp.models.adapters import CHAT_TEMPLATES, ModelAdapter, load_adapter
+from csp.models.config import check_model_config
+from csp.models.adapters import llava_image_processor_class
 from milebench.data import Sample
 from milebench.prompt import build_prompt
 

@@ -14,11 +14,11 @@ from transformers import DynamicCache
 
 from baselines.pyramidkv import pyramid_budgets
 from baselines.streamingllm import StreamingLLM
-from csp.generate import greedy_generate, prefill
-from csp.method import KVPruner, LayerKV, Selection
-from csp.models import language_model, load_adapter
-from csp.registry import build_method
-from csp.select import apportion
+from csp.engine.decode import greedy_generate, prefill
+from csp.engine.method import KVPruner, LayerKV, Selection
+from csp.models.adapters import language_model, load_adapter
+from csp.engine.registry import build_method
+from csp.engine.select import apportion
 from test_baselines_e2e import two_prompts
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csp.models import CHAT_TEMPLATES
+from csp.models.adapters import CHAT_TEMPLATES
 from milebench.data import DataError, Sample
 from milebench.prompt import build_prompt, choice_block, replace_placeholders
 

@@ -1,4 +1,4 @@
-"""The proxy task set (milebench/proxy.py) and the proxy LLaVA trained on it (csp/proxy.py).
+"""The proxy task set (milebench/proxy.py) and the proxy LLaVA trained on it (csp/models/proxy.py).
 
 Data: every file passes the loader's validation, and every answer follows from the prompt
 itself (the pictures' pixels and the text), checked here without the generator's notes.
@@ -20,10 +20,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from csp.generate import greedy_generate
-from csp.models import ModelAdapter, check_model_config, load_adapter
-from csp.proxy import Recipe, build_proxy_model, build_untrained, encode_example, train
-from csp.registry import build_method, method_names
+from csp.engine.decode import greedy_generate
+from csp.models.adapters import ModelAdapter, load_adapter
+from csp.models.config import check_model_config
+from csp.models.proxy import Recipe, build_proxy_model, build_untrained, encode_example, train
+from csp.engine.registry import build_method, method_names
 from milebench import catalog
 from milebench.data import IMAGES_DIR, load_dataset
 from milebench.proxy import COLOURS, TRAIN_DIR, VIVID, generate

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from hydra import compose, initialize_config_dir
 
-import csp.generate
+import csp.engine.decode
 from milebench.data import load_dataset
 from milebench.runner import settings
 from milebench.runner.loop import run
@@ -32,7 +32,7 @@ def compose_cfg(*overrides: str):
 @pytest.fixture(scope="module")
 def load_once():
     """The run's own model loader, called once for the whole module."""
-    from csp.models import adapter_from_config
+    from csp.models.config import adapter_from_config
 
     ensure_synthetic(DEFAULT_DIR)
     cache = {}
@@ -47,7 +47,7 @@ def load_once():
 
 
 class Spy:
-    """Stands in for csp.generate.greedy_generate: records the method and batch size of every
+    """Stands in for csp.engine.decode.greedy_generate: records the method and batch size of every
     call and answers `answer` for every sample, or with `answer=None` each prompt's length in
     tokens (an answer that differs between samples, at no model cost)."""
 
@@ -82,7 +82,7 @@ def test_generation_receives_each_datasets_cross_ratio_and_bias(tmp_path, monkey
     """The ratio table (configs/ratios/reference.yaml) reaches the method generation is called
     with, not only the record saved in gen_kwargs."""
     spy = Spy()
-    monkeypatch.setattr(csp.generate, "greedy_generate", spy)
+    monkeypatch.setattr(csp.engine.decode, "greedy_generate", spy)
     names = ["ActionPrediction", "EgocentricNavigation", "WebQA", "GPR1200"]
     run(compose_cfg("method=csp", f"datasets=[{','.join(names)}]", "limit=1", f"output_dir={tmp_path}"),
         method_name="csp", load_adapter=load_once)
@@ -99,7 +99,7 @@ def test_rerun_with_a_larger_limit_appends_the_missing_samples(tmp_path, monkeyp
     """limit=2 then limit=4 into one folder equals limit=4 at once, file for file; the rerun
     generates only the batch of the new samples."""
     spy = Spy(answer=None)
-    monkeypatch.setattr(csp.generate, "greedy_generate", spy)
+    monkeypatch.setattr(csp.engine.decode, "greedy_generate", spy)
     args = ["method=snapkv", "datasets=[WebQA,MMCoQA]", "batch_size=2", "max_new_tokens=3"]
     direct = run(compose_cfg(*args, "limit=4", f"output_dir={tmp_path}/direct"), method_name="snapkv",
                  load_adapter=load_once)
@@ -120,7 +120,7 @@ def test_adversarial_run_reads_the_adv_file_and_scores_it(tmp_path, monkeypatch,
     """adversarial=true: <D>-adv.json (options rotated, gold unchanged) is what the prompt shows
     and what the answer is scored against. Every answer is "A": right exactly where the adv
     file puts the gold first, which is not where the test file puts it."""
-    monkeypatch.setattr(csp.generate, "greedy_generate", Spy("A"))
+    monkeypatch.setattr(csp.engine.decode, "greedy_generate", Spy("A"))
     overrides = ["datasets=[WebQA]", "limit=3", "adversarial=true", f"output_dir={tmp_path}"]
     run_dir = run(compose_cfg(*overrides), method_name="full", overrides=overrides, load_adapter=load_once)
     assert run_dir.name == "full,adversarial=true"
@@ -164,7 +164,7 @@ def test_resume_on_another_device_is_refused_by_resolved_dtype_and_prefill(tmp_p
                                                                           field, before, after):
     """`device` may change on a resume, but `dtype=auto` and `prefill=auto` follow it: a folder
     begun on the CPU must not be continued in bfloat16 (or batched) on a GPU without a word."""
-    monkeypatch.setattr(csp.generate, "greedy_generate", Spy())
+    monkeypatch.setattr(csp.engine.decode, "greedy_generate", Spy())
     args = ["datasets=[WebQA]", "limit=1", f"output_dir={tmp_path}"]
     run_dir = run(compose_cfg(*args), method_name="full", load_adapter=load_once)
     saved = (run_dir / "config.yaml").read_text()
@@ -176,7 +176,7 @@ def test_resume_on_another_device_is_refused_by_resolved_dtype_and_prefill(tmp_p
 
 
 def test_explicit_values_equal_to_the_resolved_auto_resume(tmp_path, monkeypatch, load_once):
-    monkeypatch.setattr(csp.generate, "greedy_generate", Spy())
+    monkeypatch.setattr(csp.engine.decode, "greedy_generate", Spy())
     args = ["datasets=[WebQA]", f"output_dir={tmp_path}"]
     run(compose_cfg(*args, "limit=1", "dtype=float32", "prefill=per_sample"), method_name="full", load_adapter=load_once)
     run_dir = run(compose_cfg(*args, "limit=2"), method_name="full", load_adapter=load_once)  # auto on the CPU
@@ -191,7 +191,7 @@ def test_a_kill_while_scoring_leaves_the_dataset_to_be_scored_again(tmp_path, mo
     must complete the folder exactly as an uninterrupted run does."""
     import milebench.score
 
-    monkeypatch.setattr(csp.generate, "greedy_generate", Spy(answer=None))
+    monkeypatch.setattr(csp.engine.decode, "greedy_generate", Spy(answer=None))
     args = ["datasets=[ALFRED]", "limit=2", "run_name=r"]
     direct = run(compose_cfg(*args, f"output_dir={tmp_path}/direct"), load_adapter=load_once)
 

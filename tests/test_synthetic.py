@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from csp.models import CHAT_TEMPLATES
+from csp.models.adapters import CHAT_TEMPLATES
 from milebench import catalog
 from milebench.data import load_dataset
 from milebench.prompt import build_prompt

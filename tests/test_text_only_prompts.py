@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from baselines.snapkv import SnapKV
-from csp.method import LayerKV
-from csp.registry import build_method
+from csp.engine.method import LayerKV
+from csp.engine.registry import build_method
 
 LENGTH, HEADS, DIM = 50, 2, 4
 

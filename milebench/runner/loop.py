@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from csp.method import ConfigError
+from csp.engine.method import ConfigError
 from milebench.data import DataError, DatasetFile, Sample, load_dataset
 from milebench.runner import dist as dist_mod
 from milebench.score import score_dataset
@@ -37,7 +37,7 @@ GenerateFn = Callable[..., Any]
 
 def instantiate_method(method_cfg: DictConfig) -> Any:
     """Build the method object from its yaml; a bad value is a RunConfigError, before any model."""
-    from csp.registry import instantiate_method as build
+    from csp.engine.registry import instantiate_method as build
 
     try:
         return build(method_cfg)
@@ -247,8 +247,8 @@ class Runner:
     # -- label-free fidelity (fidelity=true) -------------------------------------------------
     def write_fidelity(self, dataset: DatasetFile, folder: Path, method: Any) -> None:
         """<D>/fidelity.json: the method against the full cache on the predicted samples
-        (csp/fidelity.py); kept when it already covers exactly those samples."""
-        from csp.fidelity import FIDELITY_FILE, collect_fidelity, recorded_ids
+        (csp/analysis/fidelity.py); kept when it already covers exactly those samples."""
+        from csp.analysis.fidelity import FIDELITY_FILE, collect_fidelity, recorded_ids
 
         predicted = PredictionStore(folder).load()
         path = folder / FIDELITY_FILE
@@ -309,7 +309,7 @@ def run(
     overrides: the command-line overrides, so sweep jobs get distinct run names.
     generate_fn: the generation function; the engine's greedy decoding by default.
     load_adapter: (model_cfg, dtype, device, attn_implementation) -> adapter;
-        `csp.models.adapter_from_config` by default.
+        `csp.models.config.adapter_from_config` by default.
     """
     check_budget(cfg)  # the top-level fields every method interpolates, named as the user wrote them
     method = instantiate_method(cfg.method)
@@ -329,9 +329,9 @@ def run(
         if dist.is_main:
             write_atomic(plan.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(resolved)))
         if generate_fn is None:
-            from csp.generate import greedy_generate as generate_fn
+            from csp.engine.decode import greedy_generate as generate_fn
         if load_adapter is None:
-            from csp.models import adapter_from_config as load_adapter
+            from csp.models.config import adapter_from_config as load_adapter
         runner = Runner(cfg=cfg, plan=plan, method=method, method_name=method_name, dist=dist,
                         generate=generate_fn, load_adapter=load_adapter)
         datasets = load_datasets(runner)

@@ -2,7 +2,7 @@
 
 Every value that can be wrong is checked here, so a typo costs a second, not a model load:
 dataset names, budget, ratio table, batch size, dtype, device, data dir, on_error. Errors are
-`RunConfigError` (a `csp.method.ConfigError`) with the field name and the bad value.
+`RunConfigError` (a `csp.engine.method.ConfigError`) with the field name and the bad value.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from csp.method import ConfigError, check_budget_fields
+from csp.engine.method import ConfigError, check_budget_fields
 from milebench import catalog
 from milebench.runner import ratios
 
@@ -157,9 +157,9 @@ def fingerprint(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_model(model: DictConfig, dtype: str, device: str, attn_implementation: str) -> None:
-    """What can be known about a model config without loading it (csp.models' own checks,
+    """What can be known about a model config without loading it (csp.models.adapters' own checks,
     plus the fields the runner itself reads)."""
-    from csp.models import check_model_config
+    from csp.models.config import check_model_config
 
     name = model.get("name")
     for key in ("name", "family", "max_context_len"):

@@ -12,7 +12,7 @@ transformers' GGUF tokenizer loading, and save a ``LlamaTokenizer`` that looks l
 llava-hf's: ``<image>`` is special token 32000 and ``<pad>`` (the pad token) is 32001,
 BOS is added, EOS is not, padding on the left.
 
-    python -m csp.llava_tokenizer            # -> models/llava-1.5-tokenizer
+    python -m csp.models.llava_tokenizer            # -> models/llava-1.5-tokenizer
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "models"
 FOLDER_NAME = "llava-1.5-tokenizer"
 

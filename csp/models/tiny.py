@@ -6,7 +6,7 @@ the real classes with tiny shapes, ``save_pretrained`` them into a git-ignored f
 everything else load them back with ``from_pretrained``. The build is a pure function of the
 seed: the same seed gives bit-identical files.
 
-    python -m csp.tiny --family llava --out models/tiny-llava --seed 0
+    python -m csp.models.tiny --family llava --out models/tiny-llava --seed 0
 """
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from csp.models.adapters import ImageOnlyInternVLProcessor, llava_image_processor_class
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "models"
 FAMILIES = ("llava", "internvl")
 # Bump when the recipe changes so stale folders under models/ are rebuilt, not reused.
@@ -87,7 +89,7 @@ LLAVA_SYSTEM = (
     "content that the user provides, and assist the user with a variety of tasks using natural "
     "language."
 )
-# Jinja form of CHAT_TEMPLATES["llava_llama_2"] in csp/models.py (single user turn; images in
+# Jinja form of CHAT_TEMPLATES["llava_llama_2"] in csp/models/adapters.py (single user turn; images in
 # structured content become the image token). BOS comes from the tokenizer, not the template.
 LLAVA_LLAMA_2_JINJA = (
     "{% for message in messages %}"
@@ -169,16 +171,6 @@ def build_internvl_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def llava_image_processor_class():
-    """The torchvision-backed class when available, else the PIL one (same behaviour)."""
-    try:
-        import torchvision  # noqa: F401
-        from transformers import LlavaImageProcessor as cls
-    except ImportError:
-        from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil as cls
-    return cls
-
-
 def got_ocr2_image_processor_class():
     try:
         import torchvision  # noqa: F401
@@ -192,8 +184,6 @@ def _internvl_processor_class():
     try:
         import torchvision  # noqa: F401
     except ImportError:
-        from csp.models import ImageOnlyInternVLProcessor
-
         return ImageOnlyInternVLProcessor
     return InternVLProcessor
 

@@ -32,8 +32,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from csp.generate import Decoder, Inputs, greedy_pick
-from csp.method import KVPruner
+from csp.engine.decode import Decoder, Inputs, greedy_pick
+from csp.engine.method import KVPruner
 
 FIDELITY_FILE = "fidelity.json"
 
@@ -86,7 +86,7 @@ def batch_fidelity(
     min_new_tokens: int = 1,
 ) -> list[SampleFidelity]:
     """Fidelity of `method` against the full cache for each sample of a left-padded batch
-    (or of a list of single prompts, each prefilled alone: see `csp.generate.Decoder`).
+    (or of a list of single prompts, each prefilled alone: see `csp.engine.decode.Decoder`).
 
     Holds both caches at once (the full one and the pruned one); the pruned decoder's
     per-layer mask hooks (ragged layouts) are active only during its own steps.

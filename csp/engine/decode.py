@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from csp.engine import Evict, LayerMaskHooks, PrefillLayout, PruningHooks, left_pad, make_roomy
-from csp.method import FullCache, KVPruner
+from csp.engine.hooks import Evict, LayerMaskHooks, PrefillLayout, PruningHooks, left_pad, make_roomy
+from csp.engine.method import FullCache, KVPruner
 
 
 @dataclass

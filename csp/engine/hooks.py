@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicLayer
 
-from csp.attention import Workspace
-from csp.method import KVPruner, LayerKV, Selection
+from csp.engine.attention import Workspace
+from csp.engine.method import KVPruner, LayerKV, Selection
 
 Evict = Literal["drop", "mask"]
 

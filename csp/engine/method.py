@@ -1,6 +1,6 @@
 """The contract between the pruning engine and a KV-pruning method.
 
-The engine (`csp.engine`) owns the mechanics: hooks on the decoder's attention modules,
+The engine (`csp.engine.hooks`) owns the mechanics: hooks on the decoder's attention modules,
 recomputing queries, modality masks, per-sample unpadding and the cache rewrite. A method
 only sees one sample's prompt KV in one layer (`LayerKV`) and answers which entries to keep,
 or what merged entries to store (`Selection`). Budget arithmetic lives here once, so one
@@ -14,8 +14,8 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 from torch import Tensor
 
-from csp.attention import Workspace
-from csp.select import top_selected_plus_recent
+from csp.engine.attention import Workspace
+from csp.engine.select import top_selected_plus_recent
 
 
 class ConfigError(ValueError):
@@ -133,7 +133,7 @@ class KVPruner:
     # more than hh + R; own: the method's own rule, not the shared budget.
     budget_rule: ClassVar[str] = "exact"
     # True for a method that allocates across layers: the engine then calls `observe` in every
-    # layer's prefill and `select_layers` once the last layer is done (see csp.engine).
+    # layer's prefill and `select_layers` once the last layer is done (see csp.engine.hooks).
     cross_layer: ClassVar[bool] = False
     # True for a method that changes the prefill itself: after each layer the engine asks
     # `prefill_mask` which keys every later layer of the prefill must not attend to.

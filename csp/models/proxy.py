@@ -1,14 +1,14 @@
 """A tiny LLaVA trained on the proxy task set, so that offline scores mean something.
 
-The random tiny LLaVA (`csp.tiny`) answers nothing, so every method scores zero on it. This
+The random tiny LLaVA (`csp.models.tiny`) answers nothing, so every method scores zero on it. This
 model has the same classes, tokenizer, processor and loading path (`from_pretrained`), but
 its weights are trained for about two minutes on the TRAIN split of `milebench.proxy`, with
 every prompt encoded by the runner's own code (`prepare_sample`, the chat template, the
 processor) and the loss on the answer tokens only. It then answers the held-out proxy
 samples through the unchanged runner, methods and scorer, so pruning methods separate.
 
-    python -m csp.proxy train [--seed 0] [--steps 650] [--out models/proxy-llava]
-    python -m csp.proxy ensure [--seed 0]        # train only if models/ lacks it (the runner's path)
+    python -m csp.models.proxy train [--seed 0] [--steps 650] [--out models/proxy-llava]
+    python -m csp.models.proxy ensure [--seed 0]        # train only if models/ lacks it (the runner's path)
 
 What makes two minutes of CPU enough: a curriculum (each task's shortest examples first,
 widening to all), tasks drawn by weight, the output layer tied to the input embedding, and
@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
-from csp.models import ModelAdapter
-from csp.tiny import build_llava
+from csp.models.adapters import ModelAdapter
+from csp.models.tiny import build_llava
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "models"
 RECIPE_FILE = "proxy_recipe.json"
 RECIPE_VERSION = 1
@@ -86,7 +86,7 @@ CHAT_TEMPLATE = "processor"
 
 
 def build_untrained(seed: int, tie_embeddings: bool = True) -> tuple[LlavaForConditionalGeneration, object]:
-    """The tiny LLaVA's config, tokenizer and processor (csp.tiny), with weights drawn
+    """The tiny LLaVA's config, tokenizer and processor (csp.models.tiny), with weights drawn
     for training: the usual small initialisation instead of the wide one that keeps a
     random model's logits apart, and (by default) the output layer tied to the input
     embedding, so that copying a token from the prompt is one circuit, not two."""
@@ -268,7 +268,7 @@ def is_current(folder: Path, recipe: Recipe) -> bool:
 
 def build_proxy_model(out: Path, recipe: Recipe, data_dir: Path | None = None, quiet: bool = False,
                       time_limit: float | None = None) -> Path:
-    """Train and save atomically (build beside `out`, then rename), like csp.tiny."""
+    """Train and save atomically (build beside `out`, then rename), like csp.models.tiny."""
     from milebench.proxy import DEFAULT_DIR, DEFAULT_EVAL, MARKER_FILE, ensure_proxy
 
     data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DIR

@@ -17,8 +17,8 @@ import torch
 from scipy.stats import gaussian_kde
 from torch import Tensor
 
-from csp.attention import grouped_logits
-from csp.method import KVPruner, LayerKV, Selection
+from csp.engine.attention import grouped_logits
+from csp.engine.method import KVPruner, LayerKV, Selection
 
 KINDS = ("intra", "cross")
 LOG_FLOOR = 1e-12  # weights are compared on a log10 scale; exact zeros are lifted to this

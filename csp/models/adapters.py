@@ -2,7 +2,7 @@
 prompted and tokenized, so the engine and the benchmark runner never branch on the family.
 
 The adapter knows nothing about benchmarks or pruning. A tiny random checkpoint from
-``csp.tiny`` and a real one (``llava-hf/llava-1.5-7b-hf``) go through the same code; only the
+``csp.models.tiny`` and a real one (``llava-hf/llava-1.5-7b-hf``) go through the same code; only the
 path differs.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from csp.llava_encoding import ENCODINGS, expand_image_tokens, follow_sentencepiece, left_pad, llava_input_ids
+from csp.models.llava_encoding import ENCODINGS, expand_image_tokens, follow_sentencepiece, left_pad, llava_input_ids
 
 # Conversation templates keyed by name; each has exactly one ``{prompt}`` field.
 # BOS is not part of a template: the tokenizer adds it, as Llama tokenizers do.
@@ -109,7 +109,7 @@ class ModelAdapter:
     tokens_per_image: int  # image_token_id positions per image after expansion
     chat_template: str  # a key of CHAT_TEMPLATES, or "processor"
     # "processor": the checkpoint's processor tokenizes the whole prompt and expands images;
-    # "llava": LLaVA's original encoding (csp/llava_encoding.py), llava family only.
+    # "llava": LLaVA's original encoding (csp/models/llava_encoding.py), llava family only.
     encoding: str = "processor"
     _images_kwargs: dict = field(default_factory=dict, repr=False)
 
@@ -196,7 +196,7 @@ class ModelAdapter:
         """Describe an already built model (e.g. random weights with 7B shapes, no processor).
 
         ``encoding="llava"`` gives the adapter its own copy of the processor whose tokenizer
-        follows SentencePiece's dummy-prefix rule (see csp/llava_encoding.py), so prompt
+        follows SentencePiece's dummy-prefix rule (see csp/models/llava_encoding.py), so prompt
         encoding and MileBench's truncation count tokens as LLaVA's tokenizer does."""
         config = model.config
         family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
@@ -205,9 +205,9 @@ class ModelAdapter:
                 f"unsupported model type {config.model_type!r}; supported families: {sorted(FAMILIES)}"
             )
         template = chat_template or FAMILIES[family].default_template
-        _check_template_name(template)
+        check_template_name(template)
         encoding = encoding or "processor"
-        _check_encoding(family, encoding)
+        check_encoding(family, encoding)
         if encoding == "llava" and processor is not None:
             processor = copy.copy(processor)
             processor.tokenizer = follow_sentencepiece(processor.tokenizer)
@@ -304,14 +304,14 @@ def _special_ids(model: PreTrainedModel, processor: ProcessorMixin | None) -> tu
     return eos, pad
 
 
-def _check_encoding(family: str, encoding: str) -> None:
+def check_encoding(family: str, encoding: str) -> None:
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding={encoding!r} is unknown; expected one of {list(ENCODINGS)}")
     if encoding == "llava" and family != "llava":
         raise ValueError(f"encoding='llava' is LLaVA's own prompt encoding; family {family!r} needs 'processor'")
 
 
-def _check_template_name(name: str) -> None:
+def check_template_name(name: str) -> None:
     if name != PROCESSOR_TEMPLATE and name not in CHAT_TEMPLATES:
         raise ValueError(
             f"unknown chat_template {name!r}; expected one of {sorted(CHAT_TEMPLATES)} or {PROCESSOR_TEMPLATE!r}"
@@ -321,7 +321,7 @@ def _check_template_name(name: str) -> None:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _check_load_args(family: str, dtype: str, device: str, attn_implementation: str) -> None:
+def check_load_args(family: str, dtype: str, device: str, attn_implementation: str) -> None:
     """Every check that needs no model: bad configuration fails before anything is loaded."""
     if family in ("mobilevlm", "mobilevlm_v2", "mobilevlm-v2"):
         raise ValueError(MOBILEVLM_REFUSAL)
@@ -347,7 +347,7 @@ def _check_load_args(family: str, dtype: str, device: str, attn_implementation: 
             raise ValueError("attn_implementation 'flash_attention_2' needs dtype float16 or bfloat16, got float32")
 
 
-def _check_path(path: str) -> None:
+def check_path(path: str) -> None:
     if not path:
         raise ValueError("model path is empty")
     local = Path(path).expanduser()
@@ -365,6 +365,16 @@ def _load_processor(family: str, path: str) -> ProcessorMixin:
     return AutoProcessor.from_pretrained(path)
 
 
+def llava_image_processor_class():
+    """The torchvision-backed class when available, else the PIL one (same behaviour)."""
+    try:
+        import torchvision  # noqa: F401
+        from transformers import LlavaImageProcessor as cls
+    except ImportError:
+        from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil as cls
+    return cls
+
+
 def _ensure_square_padding(family: str, processor: ProcessorMixin, path: str) -> None:
     """LLaVA-1.5 pads every image to a square in the image processor's mean colour before
     resizing. The -hf checkpoints ship a plain CLIP image processor that centre-crops
@@ -375,8 +385,6 @@ def _ensure_square_padding(family: str, processor: ProcessorMixin, path: str) ->
     current = processor.image_processor
     if getattr(current, "do_pad", False) and hasattr(current, "pad_to_square"):
         return
-    from csp.tiny import llava_image_processor_class
-
     processor.image_processor = llava_image_processor_class().from_pretrained(path, do_pad=True)
 
 
@@ -392,12 +400,12 @@ def load_adapter(
 ) -> ModelAdapter:
     """Load a checkpoint (local folder or hub id) of ``family`` with its processor."""
     path = str(path)
-    _check_load_args(family, dtype, device, attn_implementation)
-    _check_path(path)
+    check_load_args(family, dtype, device, attn_implementation)
+    check_path(path)
     if chat_template is not None:
-        _check_template_name(chat_template)
+        check_template_name(chat_template)
     if encoding is not None:
-        _check_encoding(family, encoding)
+        check_encoding(family, encoding)
     try:
         processor = _load_processor(family, path)
         model = FAMILIES[family].model_class.from_pretrained(
@@ -411,90 +419,9 @@ def load_adapter(
     return ModelAdapter.from_model(model, processor, chat_template=chat_template, encoding=encoding)
 
 
-def check_model_config(
-    cfg_model: Mapping,
-    dtype: str = "float32",
-    device: str = "cpu",
-    attn_implementation: str = "sdpa",
-) -> None:
-    """Every check on a ``configs/model/*.yaml`` entry that needs no model and no download."""
-    name = cfg_model.get("name", "<unnamed>")
-    family = cfg_model.get("family")
-    if not family:
-        raise ValueError(f"model config {name!r}: field 'family' is missing")
-    try:
-        _check_load_args(str(family), dtype, device, attn_implementation)
-        template = cfg_model.get("chat_template")
-        if template is not None:
-            _check_template_name(str(template))
-        encoding = cfg_model.get("encoding")
-        if encoding is not None:
-            _check_encoding(str(family), str(encoding))
-        tiny = cfg_model.get("tiny")
-        trained = cfg_model.get("trained")
-        if trained is not None and (trained != "proxy" or family != "llava"):
-            raise ValueError(f"field 'trained' is {trained!r}; only 'proxy' (family llava, csp/proxy.py) is known")
-        if tiny:
-            from csp.tiny import FAMILIES as TINY_FAMILIES
-
-            if tiny not in TINY_FAMILIES or tiny != family:
-                raise ValueError(f"field 'tiny' is {tiny!r}; expected the family name, one of {TINY_FAMILIES}")
-        elif not trained:
-            path = cfg_model.get("path")
-            if not path:
-                raise ValueError("field 'path' is empty and no 'tiny' family is given")
-            _check_path(str(path))
-    except (ValueError, FileNotFoundError) as err:
-        raise type(err)(f"model config {name!r}: {err}") from None
-
-
-def adapter_from_config(
-    cfg_model: Mapping,
-    dtype: str = "float32",
-    device: str = "cpu",
-    attn_implementation: str = "sdpa",
-) -> ModelAdapter:
-    """Build the adapter a ``configs/model/*.yaml`` entry describes.
-
-    ``tiny: <family>`` (with ``path: null``) means the tiny checkpoint built on demand under
-    models/, ``trained: proxy`` the proxy LLaVA trained on demand (csp/proxy.py); otherwise
-    ``path`` is a local folder or a hub id.
-    """
-    check_model_config(cfg_model, dtype, device, attn_implementation)
-    name = cfg_model.get("name", "<unnamed>")
-    path = cfg_model.get("path")
-    tiny = cfg_model.get("tiny")
-    if tiny:
-        from csp.tiny import ensure_tiny_model
-
-        path = ensure_tiny_model(str(tiny), seed=int(cfg_model.get("seed", 0) or 0))
-    elif cfg_model.get("trained") == "proxy":
-        from csp.proxy import ensure_proxy_model
-
-        path = ensure_proxy_model(seed=int(cfg_model.get("seed", 0) or 0))
-    adapter = load_adapter(
-        str(cfg_model["family"]),
-        str(path),
-        dtype=dtype,
-        device=device,
-        attn_implementation=attn_implementation,
-        chat_template=cfg_model.get("chat_template"),
-        encoding=cfg_model.get("encoding"),
-    )
-    expected = cfg_model.get("tokens_per_image")
-    if expected is not None and int(expected) != adapter.tokens_per_image:
-        raise ValueError(
-            f"model config {name!r}: tokens_per_image is {expected} but the checkpoint at {path} expands "
-            f"each image into {adapter.tokens_per_image} tokens"
-        )
-    return adapter
-
-
 __all__: Sequence[str] = [
     "CHAT_TEMPLATES",
     "ModelAdapter",
-    "adapter_from_config",
-    "check_model_config",
     "language_model",
     "load_adapter",
 ]

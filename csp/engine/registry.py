@@ -13,9 +13,9 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
-from csp.method import ConfigError, KVPruner
+from csp.engine.method import ConfigError, KVPruner
 
-METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "method"
+METHOD_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "method"
 
 
 def method_names() -> list[str]:
