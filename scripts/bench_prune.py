@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from csp.engine import registry  # noqa: E402
-from csp.engine.hooks import PruningHooks, _cache_layer  # noqa: E402
+from csp.engine.hooks import PruningHooks, cache_layer  # noqa: E402
 from csp.analysis.profiling import PeakMemory  # noqa: E402
 
 def build_method(name: str, budget: float, recent_ratio: float):
@@ -72,8 +72,8 @@ def bench_layer(args) -> None:
 
     captured = {}
 
-    def capture(module, a, kw, out):
-        captured.update(kwargs=kw, args=a, out=out)
+    def capture(module, a, kw, out):  # the attention module's input: the layer's normed hidden states
+        captured["hidden"] = kw["hidden_states"] if "hidden_states" in kw else a[0]
 
     def prefill():
         cache = DynamicCache(config=cfg)
@@ -85,7 +85,7 @@ def bench_layer(args) -> None:
     handle = layer.self_attn.register_forward_hook(capture, with_kwargs=True)
     cache = prefill()
     handle.remove()
-    full_k, full_v = _cache_layer(cache, 0).keys, _cache_layer(cache, 0).values
+    full_k, full_v = cache_layer(cache, 0).keys, cache_layer(cache, 0).values
     t_prefill = median_time(prefill, args.repeats)
     bound = 2 * cfg.num_attention_heads * int(args.recent_ratio * length) * length * 4
     print(f"\n## One decoder layer, LLaVA-1.5-7B shapes, L = {length} ({n_img} image tokens), CPU, "
@@ -104,10 +104,10 @@ def bench_layer(args) -> None:
             hooks = PruningHooks([layer.self_attn], method, input_ids, mask, image_token)
 
             def prune():
-                layer_cache = _cache_layer(cache, 0)
+                layer_cache = cache_layer(cache, 0)
                 layer_cache.keys, layer_cache.values = full_k, full_v
                 with torch.inference_mode():
-                    hooks._after_attention(layer.self_attn, captured["args"], captured["kwargs"], captured["out"])
+                    hooks.prune_layer(layer.self_attn, captured["hidden"], pos_emb, cache)
                     if method.cross_layer:  # it selects once every layer (here the one) is in
                         hooks.layout()
                 return layer_cache.keys.shape[2]

@@ -109,8 +109,6 @@ MUTANTS: list[Mutant] = [
            "prompt_lengths=torch.full_like(self._real.sum(-1), self._real.shape[-1]),", (TRUTH,)),
     Mutant("engine-ragged-treated-uniform", "csp/engine/hooks.py",
            "layer_masks=None if uniform else masks,", "layer_masks=None,", (TRUTH,)),
-    Mutant("engine-mask-evict-right-aligned", "csp/engine/hooks.py",
-           "mask[:, pad:] = keep.bool()", "mask[:, : kv.length] = keep.bool()", (TRUTH,)),
     Mutant("generate-mask-hooks-one-ahead", "csp/engine/decode.py",
            "self._mask_hooks.generated = self.steps", "self._mask_hooks.generated = self.steps + 1", (TRUTH,)),
     Mutant("attention-nsoftmax-unshifted-n", "csp/engine/attention.py",

@@ -11,6 +11,7 @@ from csp.cross_self import CrossSelfPruner
 from csp.engine.decode import greedy_generate, prefill
 from csp.engine.method import FullCache
 from csp.models.adapters import load_adapter
+from masked_eviction import MaskedEviction
 
 NEW = 12
 
@@ -69,8 +70,8 @@ def test_pruning_equals_masking(fixture, combine, request):
     positions (true prompt length + step) are all right."""
     adapter = request.getfixturevalue(fixture)
     method = csp(budget=0.3, combine=combine, cross_ratio=0.3)
-    dropped = run(adapter, method, evict="drop")
-    masked = run(adapter, method, evict="mask")
+    dropped = run(adapter, method)
+    masked = run(adapter, MaskedEviction(inner=method))
     full = run(adapter, FullCache())
     assert dropped.tokens == masked.tokens
     assert dropped.kv_bytes < masked.kv_bytes == full.kv_bytes
@@ -170,7 +171,7 @@ def test_eager_and_sdpa_prune_alike(tiny_llava_path):
     intersect = csp(budget=0.3, combine="intersection")
     eager = load_adapter("llava", str(tiny_llava_path), attn_implementation="eager")
     assert outs[0] == outs[1]
-    assert run(eager, intersect).tokens == run(eager, intersect, evict="mask").tokens
+    assert run(eager, intersect).tokens == run(eager, MaskedEviction(inner=intersect)).tokens
 
 
 @pytest.mark.parametrize("method", [FullCache(), csp(budget=0.2), csp(budget=0.3, combine="intersection")],

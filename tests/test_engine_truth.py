@@ -23,6 +23,7 @@ from csp.cross_self import CrossSelfPruner
 from csp.engine.decode import Decoder, greedy_generate, prefill
 from csp.engine.method import Budget, KVPruner, LayerKV, Selection
 from csp.models.adapters import ModelAdapter, language_model, load_adapter
+from masked_eviction import MaskedEviction
 
 ATOL = 1e-4
 TOKENS_PER_IMAGE = 16  # both tiny models: 56 px / 14 px patches, or 112 px / 14 px with pixel shuffle 0.5
@@ -203,9 +204,11 @@ def truth_logits(adapter: ModelAdapter, single, new: torch.Tensor, kept: list[to
 
 
 def engine_logits(adapter: ModelAdapter, inputs, method: KVPruner, new: torch.Tensor, evict="drop"):
+    if evict == "mask":
+        method = MaskedEviction(inner=method)
     """Per-step logits (T + 1, B, V) of the engine: the pruned prefill, then `new` (B, T)
     teacher-forced through the decode path; and the prefill layout."""
-    with torch.inference_mode(), Decoder(adapter, inputs, method, evict) as dec:
+    with torch.inference_mode(), Decoder(adapter, inputs, method) as dec:
         out = [dec.logits]
         for s in range(new.shape[1]):
             out.append(dec.step(new[:, s]))

@@ -19,6 +19,7 @@ from csp.engine.method import KVPruner, LayerKV, Selection
 from csp.models.adapters import language_model, load_adapter
 from csp.engine.registry import build_method
 from csp.engine.select import apportion
+from masked_eviction import MaskedEviction
 from test_baselines_e2e import two_prompts
 
 
@@ -68,11 +69,12 @@ def test_cross_layer_methods_select_every_layer_after_the_prefill(tiny_llava, ev
     inputs = two_prompts(tiny_llava)
     layers = len(tiny_llava.attention_modules())
     deferred = RecentOnlyAcrossLayers(budget=0.3, recent_ratio=0.1)
-    out = greedy_generate(tiny_llava, inputs, deferred, max_new_tokens=4, min_new_tokens=4, evict=evict)
+    wrap = (lambda m: m) if evict == "drop" else (lambda m: MaskedEviction(inner=m))
+    out = greedy_generate(tiny_llava, inputs, wrap(deferred), max_new_tokens=4, min_new_tokens=4)
     # one call per sample of the batch, each with every layer in order
     assert deferred.calls == [list(range(layers))] * 2
-    same = greedy_generate(tiny_llava, inputs, StreamingLLM(sinks=0, budget=0.3, recent_ratio=0.1),
-                           max_new_tokens=4, min_new_tokens=4, evict=evict)
+    same = greedy_generate(tiny_llava, inputs, wrap(StreamingLLM(sinks=0, budget=0.3, recent_ratio=0.1)),
+                           max_new_tokens=4, min_new_tokens=4)
     assert out.tokens == same.tokens and out.kv_bytes == same.kv_bytes and out.kept_tokens == same.kept_tokens
     full = greedy_generate(tiny_llava, inputs, None, max_new_tokens=4, min_new_tokens=4)
     if evict == "drop":
@@ -98,7 +100,7 @@ def test_vlcache_keeps_what_the_models_own_attention_says(eager_llava) -> None:
     p = method.sparsity_threshold
     with torch.inference_mode():
         attentions = adapter.model(**inputs, output_attentions=True).attentions
-        _, _, layout = prefill(adapter, inputs, method, evict="mask")
+        _, _, layout = prefill(adapter, inputs, MaskedEviction(inner=method))
     visual = inputs["input_ids"][0] == adapter.image_token_id
     length = visual.shape[0]
     first_post = int(visual.nonzero()[-1]) + 1
@@ -116,7 +118,7 @@ def test_vlcache_keeps_what_the_models_own_attention_says(eager_llava) -> None:
     assert sum(hh) == total and len(set(hh)) > 1  # the layers really differ on this model
     assert layout.ragged
     for layer, (s, n) in enumerate(zip(scores, hh)):
-        slots = layout.layer_masks[layer][0]  # (Hkv, L): evict="mask" keeps prompt positions
+        slots = layout.layer_masks[layer][0]  # (Hkv, L): masked eviction keeps prompt positions
         for head in range(s.shape[0]):
             top = s[head, : length - b.recent].topk(n).indices.tolist()
             expected = sorted(top) + list(range(length - b.recent, length))

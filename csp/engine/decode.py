@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from csp.engine.hooks import Evict, LayerMaskHooks, PrefillLayout, PruningHooks, left_pad, make_roomy
+from csp.engine.hooks import LayerMaskHooks, PrefillLayout, PruningHooks, left_pad, make_roomy
 from csp.engine.method import FullCache, KVPruner
 
 
@@ -37,7 +37,7 @@ def prefill_positions(attention_mask: Tensor) -> Tensor:
 
 
 def prefill(
-    adapter, inputs: Mapping[str, Tensor], method: KVPruner | None, evict: Evict = "drop"
+    adapter, inputs: Mapping[str, Tensor], method: KVPruner | None
 ) -> tuple[Tensor, DynamicCache, PrefillLayout]:
     """Run the prompt through the model, pruning every layer's cache on the way.
 
@@ -55,7 +55,7 @@ def prefill(
         layout.kept = layout.prompt_lengths.float().expand(len(adapter.attention_modules()), -1)
         return logits, cache, layout
     hooks = PruningHooks(
-        adapter.attention_modules(), method, input_ids, attention_mask, adapter.image_token_id, evict
+        adapter.attention_modules(), method, input_ids, attention_mask, adapter.image_token_id
     )
     with hooks:
         logits = model(**kwargs).logits[:, -1]
@@ -66,7 +66,7 @@ Inputs = Mapping[str, Tensor]
 
 
 def prefill_each(
-    adapter, samples: Sequence[Inputs], method: KVPruner | None, evict: Evict = "drop"
+    adapter, samples: Sequence[Inputs], method: KVPruner | None
 ) -> tuple[Tensor, DynamicCache, PrefillLayout]:
     """Prefill every prompt alone, then stack the pruned caches into one left-padded batch.
 
@@ -74,7 +74,7 @@ def prefill_each(
     padding mask that makes CPU attention several times slower than plain causal attention;
     decoding then runs batched over the stacked cache.
     """
-    parts = [prefill(adapter, one, method, evict) for one in samples]
+    parts = [prefill(adapter, one, method) for one in samples]
     width = max(cache.get_seq_length() for _, cache, _ in parts)
     cache = DynamicCache(config=adapter.model.config)
     for i in range(len(parts[0][1].layers)):
@@ -118,14 +118,14 @@ class Decoder:
     layouts, the per-layer mask hooks; use as a context manager so those hooks are removed.
     """
 
-    def __init__(self, adapter, inputs: Inputs | Sequence[Inputs], method: KVPruner | None, evict: Evict = "drop"):
+    def __init__(self, adapter, inputs: Inputs | Sequence[Inputs], method: KVPruner | None):
         """`inputs`: one left-padded batch (batched prefill), or a list of single prompts
         (each prefilled alone, see `prefill_each`)."""
         self.model = adapter.model
         if isinstance(inputs, Sequence):
-            self.logits, self.cache, self.layout = prefill_each(adapter, inputs, method, evict)
+            self.logits, self.cache, self.layout = prefill_each(adapter, inputs, method)
         else:
-            self.logits, self.cache, self.layout = prefill(adapter, inputs, method, evict)
+            self.logits, self.cache, self.layout = prefill(adapter, inputs, method)
         self.kv_bytes = cache_bytes(self.cache)
         make_roomy(self.cache)
         self.steps = 0
@@ -161,7 +161,6 @@ def greedy_generate(
     *,
     max_new_tokens: int = 512,
     min_new_tokens: int = 1,
-    evict: Evict = "drop",
 ) -> GenerationOutput:
     """Greedy decoding of a left-padded batch (or a list of single prompts, each prefilled
     alone) with `method` pruning the prompt's cache.
@@ -171,7 +170,7 @@ def greedy_generate(
     """
     if max_new_tokens < 1 or min_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1 and min_new_tokens={min_new_tokens} >= 0")
-    with Decoder(adapter, inputs, method, evict) as dec:
+    with Decoder(adapter, inputs, method) as dec:
         logits = dec.logits
         eos = torch.tensor(sorted(set(adapter.eos_token_ids)), device=logits.device)
         batch = logits.shape[0]

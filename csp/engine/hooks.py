@@ -19,12 +19,12 @@ method but CSP's intersection mode), one 2-D padding mask serves all layers and 
 kernel, flash-attention included. Otherwise (`ragged`), the decode loop installs a
 per-layer, per-head mask through a forward pre-hook on each attention module.
 
-Everything that depends on transformers' cache internals is in `_cache_layer` and `RoomyLayer`.
+Everything that depends on transformers' cache internals is in `cache_layer` and `RoomyLayer`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,10 +33,7 @@ from transformers.cache_utils import DynamicLayer
 from csp.engine.attention import Workspace
 from csp.engine.method import KVPruner, LayerKV, Selection
 
-Evict = Literal["drop", "mask"]
-
-
-def _cache_layer(cache, layer_idx: int):
+def cache_layer(cache, layer_idx: int):
     """The object holding one layer's `keys` / `values` tensors (B, Hkv, T, D) in the cache."""
     return cache.layers[layer_idx]
 
@@ -90,14 +87,10 @@ def rotate_half(x: Tensor) -> Tensor:
 def recompute_queries(module: nn.Module, hidden: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Post-rotary queries (Hq, n, D) of one sample's positions, from the layer's input (n, hidden).
 
-    Follows the Llama / Qwen2 attention: q = q_proj(h), split into heads, optional per-head
-    q_norm, then the rotary embedding with the layer's own cos/sin of those positions.
+    Follows the Llama / Qwen2 attention of LLaVA and InternVL: q = q_proj(h), split into heads,
+    then the rotary embedding with the layer's own cos/sin of those positions.
     """
-    q = module.q_proj(hidden).view(hidden.shape[0], -1, module.head_dim)
-    q_norm = getattr(module, "q_norm", None)
-    if q_norm is not None:
-        q = q_norm(q)
-    q = q.transpose(0, 1)
+    q = module.q_proj(hidden).view(hidden.shape[0], -1, module.head_dim).transpose(0, 1)
     return q * cos + rotate_half(q) * sin
 
 
@@ -134,8 +127,6 @@ class _Deferred:
 
     kv: LayerKV  # without its queries: they can only be computed inside the layer's forward
     observation: object
-    pos: Tensor
-    padded_len: int
     selection: Selection | None = None
 
 
@@ -145,19 +136,14 @@ def _queries_gone(last: int | None = None) -> Tensor:
 
 @dataclass
 class PruningHooks:
-    """Context manager that prunes every decoder layer's cache during ONE prefill forward.
-
-    evict="drop" stores only the kept entries (the real thing); evict="mask" keeps the full
-    cache and only masks evicted entries out of attention while decoding, which must give the
-    same generation for pure selections (the test of positions and bookkeeping).
-    """
+    """Context manager that prunes every decoder layer's cache during ONE prefill forward:
+    each layer's cache then stores only the kept (or merged) entries."""
 
     attention_modules: Sequence[nn.Module]
     method: KVPruner
     input_ids: Tensor  # (B, P) left-padded prompt ids, after image-token expansion
     attention_mask: Tensor  # (B, P) 1 for real tokens
     image_token_id: int
-    evict: Evict = "drop"
     _handles: list = field(default_factory=list, init=False, repr=False)
     _results: dict[int, _LayerResult] = field(default_factory=dict, init=False, repr=False)
     _caches: dict[int, object] = field(default_factory=dict, init=False, repr=False)
@@ -166,6 +152,11 @@ class PruningHooks:
 
     def __post_init__(self) -> None:
         self._real = self.attention_mask.bool()
+        lengths = self._real.sum(-1)
+        tail = torch.arange(self._real.shape[1], device=self._real.device) >= (self._real.shape[1] - lengths)[:, None]
+        if not bool((tail == self._real).all()):
+            raise ValueError("the prompt batch must be left-padded: every sample's real tokens are its last ones")
+        self._lengths = lengths.tolist()
         self._visual = self.input_ids == self.image_token_id
         self._prefill_masking = getattr(self.method, "prefill_masking", False)
         self._masked_keys = torch.zeros_like(self._real)  # (B, P) keys masked by a method's prefill_mask
@@ -185,25 +176,32 @@ class PruningHooks:
     # -- the hook ---------------------------------------------------------------------------
     def _after_attention(self, module: nn.Module, args, kwargs, output) -> None:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        self.prune_layer(module, hidden, kwargs["position_embeddings"], kwargs.get("past_key_values"))
+
+    def prune_layer(self, module: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor],
+                    cache) -> None:
+        """What the hook does after one attention module's prefill forward: the method prunes
+        that layer's freshly written cache entries. `hidden` is the module's input (B, P, d),
+        `position_embeddings` its rotary (cos, sin). Public so that a benchmark can time the
+        pruning of one layer apart from its forward."""
         if hidden.shape[1] != self.input_ids.shape[1]:
             raise RuntimeError(
                 "pruning hooks saw a forward of length "
                 f"{hidden.shape[1]} instead of the prompt's {self.input_ids.shape[1]}: they are "
                 "meant to be active during the prefill only"
             )
-        cos, sin = kwargs["position_embeddings"]
-        cache = kwargs.get("past_key_values")
+        cos, sin = position_embeddings
         if cache is None:
             raise RuntimeError("pruning needs the prefill to run with a cache (use_cache=True)")
         layer_idx = module.layer_idx
-        layer = _cache_layer(cache, layer_idx)
+        layer = cache_layer(cache, layer_idx)
         keys, values = layer.keys, layer.values
         kept_k, kept_v, valid, kept = [], [], [], []
         cross_layer, deferred = getattr(self.method, "cross_layer", False), []
         with torch.no_grad():
             for b in range(keys.shape[0]):
                 pos = self._real[b].nonzero().squeeze(-1)
-                real = _as_slice(pos, keys.shape[2])  # a view for the usual left padding, no copy
+                real = slice(keys.shape[2] - self._lengths[b], keys.shape[2])  # left padding: a view, no copy
                 kv = LayerKV(
                     layer_idx=layer_idx,
                     keys=keys[b, :, real],
@@ -217,17 +215,14 @@ class PruningHooks:
                 )
                 if cross_layer:  # selected once every layer is in: see _select_deferred
                     held = replace(kv, query_fn=_queries_gone, workspace=None)
-                    deferred.append(_Deferred(held, self.method.observe(kv), pos, keys.shape[2]))
+                    deferred.append(_Deferred(held, self.method.observe(kv)))
                     continue
                 sel = self.method(kv)
                 if self._prefill_masking:
                     hide = self.method.prefill_mask(kv)
                     if hide is not None:
                         self._masked_keys[b, pos[hide.to(pos.device)]] = True
-                if self.evict == "mask":
-                    k, v, ok = self._as_mask(sel, kv, pos, keys.shape[2])
-                else:
-                    k, v, ok = self._gather(sel, kv)
+                k, v, ok = self._gather(sel, kv)
                 kept_k.append(k)
                 kept_v.append(v)
                 valid.append(ok)
@@ -279,24 +274,6 @@ class PruningHooks:
         ok = sel.valid if sel.valid is not None else torch.ones(sel.index.shape, dtype=torch.bool, device=k.device)
         return k, v, ok
 
-    @staticmethod
-    def _as_mask(sel: Selection, kv: LayerKV, pos: Tensor, padded_len: int) -> tuple[Tensor, Tensor, Tensor]:
-        if sel.keys is not None:
-            raise ValueError("evict='mask' cannot express merged entries; use evict='drop'")
-        ok = sel.valid if sel.valid is not None else torch.ones_like(sel.index, dtype=torch.bool)
-        keep = torch.zeros(kv.kv_heads, kv.length, dtype=torch.long, device=kv.keys.device)
-        keep.scatter_add_(1, sel.index, ok.long())
-        if bool((keep > 1).any()):
-            raise ValueError("evict='mask' cannot express an entry stored twice (CSP concat); use evict='drop'")
-        # back to the padded prompt's coordinates: the real tokens are the last ones
-        pad = padded_len - kv.length
-        mask = torch.zeros(kv.kv_heads, padded_len, dtype=torch.bool, device=kv.keys.device)
-        mask[:, pad:] = keep.bool()
-        k = torch.zeros(kv.kv_heads, padded_len, kv.keys.shape[-1], dtype=kv.keys.dtype, device=kv.keys.device)
-        v = torch.zeros_like(k)
-        k[:, pad:], v[:, pad:] = kv.keys, kv.values
-        return k, v, mask
-
     # -- after the prefill --------------------------------------------------------------------
     def _select_deferred(self) -> None:
         """A cross-layer method (`KVPruner.cross_layer`) has observed every layer: select each
@@ -311,15 +288,12 @@ class PruningHooks:
             for i in layers:
                 kept_k, kept_v, valid, kept = [], [], [], []
                 for h in self._deferred[i]:
-                    if self.evict == "mask":
-                        k, v, ok = self._as_mask(h.selection, h.kv, h.pos, h.padded_len)
-                    else:
-                        k, v, ok = self._gather(h.selection, h.kv)
+                    k, v, ok = self._gather(h.selection, h.kv)
                     kept_k.append(k)
                     kept_v.append(v)
                     valid.append(ok)
                     kept.append(ok.float().sum(-1).mean())
-                layer = _cache_layer(self._caches[i], i)
+                layer = cache_layer(self._caches[i], i)
                 layer.keys, layer.values = stack_left_padded(kept_k, -2), stack_left_padded(kept_v, -2)
                 self._results[i] = _LayerResult(stack_left_padded(valid, -1), torch.stack(kept))
         self._deferred.clear()
@@ -336,7 +310,7 @@ class PruningHooks:
         width = max(self._results[i].valid.shape[-1] for i in layers)
         masks = []
         for i in layers:
-            res, layer = self._results[i], _cache_layer(self._caches[i], i)
+            res, layer = self._results[i], cache_layer(self._caches[i], i)
             layer.keys, layer.values = left_pad(layer.keys, width, -2), left_pad(layer.values, width, -2)
             res.valid = left_pad(res.valid, width, -1)
             masks.append(res.valid)
@@ -348,14 +322,6 @@ class PruningHooks:
             layer_masks=None if uniform else masks,
             kept=torch.stack([self._results[i].kept for i in layers]),
         )
-
-
-def _as_slice(pos: Tensor, padded_len: int) -> slice | Tensor:
-    """The real positions as a slice when they are the contiguous tail (left padding)."""
-    n = pos.numel()
-    if n and int(pos[0]) == padded_len - n:
-        return slice(padded_len - n, padded_len)
-    return pos
 
 
 def left_pad(t: Tensor, width: int, dim: int) -> Tensor:
@@ -412,13 +378,11 @@ class LayerMaskHooks:
         def pre_hook(mod, args, kwargs):
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
             b, q_len = hidden.shape[:2]
+            if q_len != 1:
+                raise RuntimeError(f"per-head decode masks are built for one new token a step, not {q_len}")
             new = torch.ones(b, prompt_mask.shape[1], self.generated + q_len, dtype=torch.bool, device=hidden.device)
             allowed = torch.cat([prompt_mask, new], dim=-1)
             allowed = allowed.repeat_interleave(groups, dim=1).unsqueeze(2).expand(-1, -1, q_len, -1)
-            if q_len > 1:  # causal among the new tokens
-                causal = torch.ones(q_len, q_len, dtype=torch.bool, device=hidden.device).tril()
-                allowed = allowed.clone()
-                allowed[..., -q_len:] &= causal
             if impl == "eager":
                 mask = torch.zeros(allowed.shape, dtype=hidden.dtype, device=hidden.device)
                 mask = mask.masked_fill(~allowed, torch.finfo(hidden.dtype).min)
