@@ -332,7 +332,7 @@ def test_every_method_config_follows_the_shared_budget() -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from csp.engine.registry import METHOD_CONFIGS, method_class, method_names
+    from csp.engine.registry import method_class, method_config, method_names
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     # what a few config names promise beyond their file (the LOOK-M variant letters)
@@ -352,7 +352,7 @@ def test_every_method_config_follows_the_shared_budget() -> None:
     with initialize_config_dir(str(configs), version_base="1.3"):
         for name in names:
             cls, fields = expected.get(name, (method_class(name), {}))
-            own = OmegaConf.to_container(OmegaConf.load(METHOD_CONFIGS / f"{name}.yaml"))
+            own = method_config(name)
             fields = {**{k: v for k, v in own.items() if k not in ("_target_", "budget", "recent_ratio",
                                                                   "budget_tokens")}, **fields}
             cfg = compose("config", overrides=[f"method={name}", "budget=0.3", "recent_ratio=0.05"])
@@ -364,6 +364,28 @@ def test_every_method_config_follows_the_shared_budget() -> None:
                 assert getattr(method, field) == value, (name, field)
             cfg = compose("config", overrides=[f"method={name}", "budget_tokens=64"])
             assert instantiate(cfg.method).split_budget(1000) == Budget(32, 32), name
+
+
+def test_the_budget_fields_are_written_once() -> None:
+    """Every method but the full cache takes the budget fields from the one shared node
+    (configs/shared/budget.yaml, directly or through LOOK-M's shared node); no method file
+    writes them itself, so one override changes every method alike."""
+    from omegaconf import OmegaConf
+
+    from csp.engine.registry import CONFIGS, method_names
+
+    shared = OmegaConf.load(CONFIGS / "shared" / "budget.yaml")
+    assert set(shared) == {"budget", "recent_ratio", "budget_tokens"}
+    assert OmegaConf.load(CONFIGS / "shared" / "lookm.yaml").defaults[0] == "budget"
+    for name in method_names():
+        own = OmegaConf.load(CONFIGS / "method" / f"{name}.yaml")
+        assert not {"budget", "recent_ratio", "budget_tokens"} & set(own), name
+        if name != "full":
+            assert own.defaults[0] in ("/shared/budget@_here_", "/shared/lookm@_here_"), name
+    lookm = [n for n in method_names() if n.startswith("lookm-")]
+    assert len(lookm) == 6
+    for name in lookm:  # a variant is its two letters, nothing else
+        assert set(OmegaConf.load(CONFIGS / "method" / f"{name}.yaml")) == {"defaults", "merge", "text_prior"}, name
 
 
 def test_snapkv_grouped_query_heads_are_averaged() -> None:

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from csp.engine.attention import grouped_logits, n_softmax
 from csp.cross_self import CrossSelfPruner
 from csp.engine.method import Budget, ConfigError, LayerKV
+from csp.engine.registry import method_config
 
 
 def layer(keys: torch.Tensor, visual: list[bool], queries: torch.Tensor | None = None) -> LayerKV:
@@ -221,7 +222,7 @@ def test_per_dataset_settings_fill_only_unset_fields():
 )
 def test_bad_configuration_fails_clearly(override, message):
     cfg = OmegaConf.create({"budget": 0.2, "recent_ratio": 0.1, "budget_tokens": None,
-                            "method": OmegaConf.load("configs/method/csp.yaml")})
+                            "method": method_config("csp")})
     key, value = override.split("=")
     OmegaConf.update(cfg, key, OmegaConf.create({"v": value})["v"] if value.isalpha() else float(value))
     with pytest.raises(Exception) as info:

@@ -1,8 +1,10 @@
 """Methods by their config name, built the way a run builds them.
 
-A run composes `configs/method/<name>.yaml` with the top-level budget fields through Hydra
-(`_target_` is the registry). Benchmarks, analyses and tests build the same object from the
-same file here, so they measure exactly what a run uses, and a bad value is a ConfigError.
+A run composes `configs/method/<name>.yaml` (whose defaults list pulls in the shared budget
+node, `configs/shared/budget.yaml`, and for LOOK-M's variants `configs/shared/lookm.yaml`)
+with the top-level budget fields through Hydra (`_target_` is the registry). Benchmarks,
+analyses and tests build the same object from the same composition here, so they measure
+exactly what a run uses, and a bad value is a ConfigError.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from omegaconf import OmegaConf
 
 from csp.engine.method import ConfigError, KVPruner
 
-METHOD_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "method"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+METHOD_CONFIGS = CONFIGS / "method"
 
 
 def method_names() -> list[str]:
@@ -29,12 +32,34 @@ def method_config_path(name: str) -> Path:
     return path
 
 
+def method_config(name: str) -> dict[str, Any]:
+    """The method node as `method=<name>` composes it (defaults list applied), with its
+    interpolations of the top-level budget fields left unresolved."""
+    method_config_path(name)  # an unknown name lists the known ones
+    return _composed_methods()[name]
+
+
+@lru_cache(maxsize=1)
+def _composed_methods() -> dict[str, dict[str, Any]]:
+    """Every method config composed once, in one Hydra context (a composition costs ~0.1 s)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    def node(name: str) -> dict[str, Any]:
+        return OmegaConf.to_container(compose("config", overrides=[f"method={name}"]).method, resolve=False)
+
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or a test's compose context
+        return {name: node(name) for name in method_names()}
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        return {name: node(name) for name in method_names()}
+
+
 def method_class(name: str) -> type[KVPruner]:
     """The class a method's config instantiates (its `_target_`), without building it."""
     from hydra.utils import get_class
 
     path = method_config_path(name)
-    target = OmegaConf.load(path).get("_target_")
+    target = method_config(name).get("_target_")
     if not target:
         raise ConfigError(f"{path}: no _target_")
     cls = get_class(target)
@@ -80,7 +105,6 @@ def instantiate_method(method_cfg: Mapping[str, Any]) -> KVPruner:
 def build_method(name: str, budget: float = 0.2, recent_ratio: float = 0.1,
                  budget_tokens: int | None = None) -> KVPruner:
     """`method=<name> budget=... recent_ratio=... budget_tokens=...` as a run composes it."""
-    path = method_config_path(name)
     cfg = OmegaConf.create({"budget": budget, "recent_ratio": recent_ratio, "budget_tokens": budget_tokens,
-                            "method": OmegaConf.load(path)})
+                            "method": method_config(name)})
     return instantiate_method(cfg.method)
