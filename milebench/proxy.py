@@ -7,16 +7,16 @@ CLIP learns them in minutes (`csp.models.proxy` trains the model):
 
 | dataset | MileBench situation | answer |
 |---|---|---|
-| ProxyVisualNeedle | a visual needle among many images ("which picture shows X") | choice: "picture k" |
-| ProxyCrossModal | a text question about a property of picture k | choice: "it is <colour>" |
-| ProxyTemporalOrder | order across frames ("the frame right after X") | choice: "it is <colour>" |
-| ProxyMultiTurn | a dialogue that refers back to an earlier turn's picture | choice: "it is <colour>" |
-| ProxyTextNeedle | a passkey sentence hidden in a long text with images | free form (ROUGE-L): digits |
-| ProxyImageDiff | the difference between two pictures, after solved examples | free form (ROUGE-L) |
+| ProxyVisualNeedle | a visual needle among many labelled pictures (one coloured, the rest black or white) | choice: "it is <colour>" |
+| ProxyCrossModal | a text question about picture k among captioned ones | choice: "it is <colour>" |
+| ProxyTemporal | a short event among many video frames | choice: "it was <colour>" |
+| ProxyMultiTurn | a dialogue whose last turn refers back to an early turn's picture | choice: "it was <colour>" |
+| ProxyTextNeedle | one sentence (a door's colour) hidden in a long text with pictures | free form (ROUGE-L): "colour <colour>" |
+| ProxyImageDiff | the change within the last of several picture pairs, after solved pairs | free form (ROUGE-L): "from <c1> to <c2>" |
 
-Every answer starts with a token that does not depend on the sample ("picture", "it",
-"from", or only the first of several digits): the first answer token is predicted by the
-prefill, which always sees the whole prompt, so only later tokens feel the pruned cache.
+Every answer starts with a token that does not depend on the sample ("it", "colour",
+"from"): the first answer token is predicted by the prefill, which always sees the whole
+prompt, so only the later tokens feel the pruned cache.
 
 The scored (held-out) samples are `<out>/<D>/<D>.json`; the training samples live in their
 own data dir `<out>/train/<D>/<D>.json` with pictures rendered separately (other jitter), so
