@@ -28,7 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
-SKIP = {".venv", ".git", "models", "data", "results", "outputs", "multirun", "__pycache__", ".pytest_cache"}
+SKIP_TOP = {".venv", ".git", "models", "data", "results", "outputs", "multirun"}  # at the root only (csp/models is code)
+SKIP_ANY = {"__pycache__", ".pytest_cache"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Mutant:
 TRUTH = "tests/test_engine_truth.py"
 FIDELITY, METRICS, FILES = "tests/test_fidelity.py", "tests/test_score_metrics.py", "tests/test_score_files.py"
 E2E, FLOW, CONFIG = "tests/test_runner_e2e.py", "tests/test_runner_flow.py", "tests/test_config.py"
+PROXY = "tests/test_proxy.py"
 
 MUTANTS: list[Mutant] = [
     # engine and methods
@@ -126,6 +128,16 @@ MUTANTS: list[Mutant] = [
            "per_sample = [lay.layer_masks or [lay.slot_mask[:, None, :].expand(-1, heads, -1)]",
            "per_sample = [lay.layer_masks or [torch.ones_like(lay.slot_mask)[:, None, :].expand(-1, heads, -1)]",
            (TRUTH,)),
+    # the same kind of bug, caught by the trained proxy model's quality tests alone
+    Mutant("proxy-csp-keeps-least-scored", "csp/cross_self.py",
+           "return scores.topk(k, dim=-1).indices", "return scores.topk(k, dim=-1, largest=False).indices", (PROXY,)),
+    # (the recomputed queries without rotary, killed by the truth tests above, pass these: on
+    # the proxy, unrotated window queries still find the coloured shape)
+    Mutant("proxy-gather-from-the-wrong-end", "csp/engine/hooks.py",
+           "idx = sel.index.unsqueeze(-1).expand(-1, -1, kv.keys.shape[-1])",
+           "idx = (kv.length - 1 - sel.index).unsqueeze(-1).expand(-1, -1, kv.keys.shape[-1])", (PROXY,)),
+    Mutant("proxy-snapkv-votes-negated", "baselines/snapkv.py", "        return votes\n", "        return -votes\n",
+           (PROXY,)),
     # end of engine and methods
     # runner and scoring
     Mutant("fidelity-kl-reversed", "csp/analysis/fidelity.py",
@@ -192,7 +204,11 @@ MUTANTS: list[Mutant] = [
 
 def copy_tree(dst: Path) -> None:
     """The working tree as it is now (uncommitted edits included), minus heavy or generated folders."""
-    shutil.copytree(REPO, dst, ignore=lambda _d, names: [n for n in names if n in SKIP], symlinks=True)
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        top = Path(folder).resolve() == REPO
+        return [n for n in names if n in SKIP_ANY or (top and n in SKIP_TOP)]
+
+    shutil.copytree(REPO, dst, ignore=ignore, symlinks=True)
     (dst / "results").mkdir(exist_ok=True)
 
 
