@@ -15,15 +15,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from milebench.files import CONFIG_FILE, ERRORS_FILE, EVAL_FILE, PRED_FILE
 from milebench.score import ScoreError, score_dataset
 from milebench.tables import build_tables, collect_run, find_runs
 
 
 def ran_a_subset(run: Path) -> bool:
     """A run made with `limit`, or that skipped bad samples, predicted part of each dataset."""
-    config = run / "config.yaml"
+    config = run / CONFIG_FILE
     limited = config.is_file() and OmegaConf.load(config).get("limit") is not None
-    return limited or (run / "errors.jsonl").is_file()
+    return limited or (run / ERRORS_FILE).is_file()
 
 
 def score_stale(runs: Sequence[Path], data_dir: Path) -> int:
@@ -31,8 +32,8 @@ def score_stale(runs: Sequence[Path], data_dir: Path) -> int:
     n = 0
     for run in runs:
         subset = ran_a_subset(run)
-        for pred in sorted(run.glob("*/pred.json")):
-            ev = pred.with_name("eval.json")
+        for pred in sorted(run.glob(f"*/{PRED_FILE}")):
+            ev = pred.with_name(EVAL_FILE)
             if not ev.is_file() or ev.stat().st_mtime < pred.stat().st_mtime:
                 score_dataset(pred.parent, data_dir, predicted_only=subset)
                 n += 1

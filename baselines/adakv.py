@@ -64,6 +64,9 @@ class AdaKV(SnapKV):
             raise ConfigError(f"{self.name}: floor_ratio={self.floor_ratio} must lie in [0, 1]")
 
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        """SnapKV's votes, with the layer's H * hh entries shared out by one top-k over every head's
+        candidates (after each head's floor): a head whose attention is concentrated needs few
+        entries, so it leaves room to a diffuse one."""
         length, recent = kv.length, budget.recent
         votes = self.score(kv, budget)[:, : length - recent]
         keep = adaptive_choice(votes, budget.selected, int(self.floor_ratio * budget.selected))

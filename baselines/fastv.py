@@ -59,12 +59,17 @@ class FastV(KVPruner):
         return bool(kv.visual.any())
 
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        """The tokens `prefill_mask` left visible, the same for every KV head: FastV ranked them once,
+        in layer K - 1, so nothing is scored here; a layer below K keeps the whole prompt."""
         if kv.masked is None or not bool(kv.masked.any()):
             return Selection.everything(kv)
         keep = (~kv.masked).nonzero().squeeze(-1).to(kv.keys.device)
         return Selection(index=keep.expand(kv.kv_heads, -1))
 
     def prefill_mask(self, kv: LayerKV) -> Tensor | None:
+        """In layer K - 1, the int(R * |I|) image tokens the whole prompt attends to least, hidden as
+        keys from layer K on: past the first layers the image tokens draw little attention, so the
+        least-attended share of them can leave. None in other layers, or when FastV is off."""
         if kv.layer_idx != self.layer - 1 or not self.should_prune(kv):
             return None
         image = kv.visual.nonzero().squeeze(-1)

@@ -39,4 +39,6 @@ class H2O(ScoredPruner):
         check_chunk_size(self.name, self.chunk_size)
 
     def score(self, kv: LayerKV, budget: Budget) -> Tensor:
+        """The attention each key receives from every prompt query, summed: the few keys that
+        draw most of it across the whole prompt (the heavy hitters) are the ones worth keeping."""
         return heavy_hitter_scores(kv, self.chunk_size)

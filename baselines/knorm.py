@@ -25,4 +25,6 @@ class KNorm(ScoredPruner):
     display_name: ClassVar[str] = "K-Norm"
 
     def score(self, kv: LayerKV, budget: Budget) -> Tensor:
+        """Minus each key's L2 norm: a low-norm key draws high attention, so the norm ranks keys
+        as attention would, without computing any."""
         return -kv.keys.float().norm(dim=-1)

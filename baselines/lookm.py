@@ -74,6 +74,9 @@ class LookM(KVPruner):
             raise ConfigError(f"{self.name}: sinks={self.sinks} must be >= 0")
 
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        """H2O's ranking (sinks first, and with the text prior every text token), then every evicted
+        entry merged into its most similar kept key: what is evicted still reaches the attention
+        through its pivot instead of being lost."""
         scores = heavy_hitter_scores(kv, self.chunk_size)
         always = torch.zeros(kv.length, dtype=torch.bool, device=scores.device)
         always[: min(self.sinks, budget.selected)] = True

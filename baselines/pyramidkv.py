@@ -56,6 +56,8 @@ class PyramidKV(SnapKV):
             raise ConfigError(f"{self.name}: beta={self.beta} must be >= 1 (1 = the same budget in every layer)")
 
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        """SnapKV's selection with this layer's hh_l from the pyramid schedule: a lower layer, whose
+        attention is spread wide, keeps more; an upper one, where it funnels into a few tokens, less."""
         if not 0 <= kv.layer_idx < kv.num_layers:
             raise ValueError(f"{self.name}: layer {kv.layer_idx} of a {kv.num_layers}-layer model")
         per_layer = pyramid_budgets(budget.selected, kv.num_layers, self.beta, kv.length - budget.recent)

@@ -45,4 +45,6 @@ class RandomEviction(ScoredPruner):
             raise ConfigError(f"{self.name}: seed={self.seed!r} must be an integer >= 0")
 
     def score(self, kv: LayerKV, budget: Budget) -> torch.Tensor:
+        """Uniform draws seeded by (seed, layer, head) alone, blind to the keys: the floor a scoring
+        rule must beat, the same positions on every rerun."""
         return uniform_scores(self.seed, kv.layer_idx, kv.kv_heads, kv.length).to(kv.keys.device)

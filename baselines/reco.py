@@ -56,6 +56,9 @@ class ReCo(KVPruner):
             raise ConfigError(f"{self.name}: std_pool_ratio={self.std_pool_ratio} must be >= 0")
 
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        """Evict the least-attended on average among the tokens whose attention varies least: a token
+        that some queries attend to strongly may matter to a later one, so a high deviation spares
+        it even when its mean is low."""
         length = kv.length
         mean, std = mean_and_std(kv, self.chunk_size)
         protected = torch.zeros(length, dtype=torch.bool, device=mean.device)

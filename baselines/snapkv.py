@@ -63,6 +63,9 @@ class SnapKV(ScoredPruner):
             raise ConfigError(f"{self.name}: pooling={self.pooling!r} must be one of {POOLINGS}")
 
     def score(self, kv: LayerKV, budget: Budget) -> Tensor:
+        """The observation window's attention summed per key, pooled along the candidates: the last
+        queries already look where the answer will, and pooling keeps a voted key's neighbours so
+        what is kept stays in spans, not stray tokens (the last R are kept anyway, left unpooled)."""
         window = min(self.window or max(budget.recent, 1), kv.length)
         votes = window_scores(kv, window)
         older = kv.length - budget.recent  # the candidates; the last R are kept anyway

@@ -33,6 +33,8 @@ class StreamingLLM(KVPruner):
             raise ConfigError(f"{self.name}: sinks={self.sinks!r} must be an integer >= 0")
 
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        """The first `sinks` positions and the most recent ones, for every head: no score, since the
+        sinks draw attention whatever they hold and the recent tokens carry the local context."""
         total = min(budget.total, kv.length)
         sinks = min(self.sinks, total)
         device = kv.keys.device

@@ -33,4 +33,6 @@ class TOVA(ScoredPruner):
     display_name: ClassVar[str] = "TOVA"
 
     def score(self, kv: LayerKV, budget: Budget) -> Tensor:
+        """The last prompt query's attention, averaged over each KV group: TOVA's rule asks what the
+        current query attends to, and once the prompt is done that query is its last."""
         return window_scores(kv, 1)  # a window of one query: the last

@@ -101,6 +101,9 @@ class VLCache(ScoredPruner):
             raise ConfigError(f"{self.name}: chunk_size={self.chunk_size!r} must be an integer >= 1")
 
     def score(self, kv: LayerKV, budget: Budget) -> Tensor:
+        """The post-vision queries' attention summed per key: the question after the images says which
+        image and text keys the answer reads. Only a single-layer call uses it; a sample's layers go
+        through `observe` and `select_layers`, which also share the budget out by density."""
         return post_vision_stats(kv, self.sparsity_threshold, self.chunk_size).scores
 
     def observe(self, kv: LayerKV) -> PostVision | None:

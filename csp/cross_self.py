@@ -65,11 +65,17 @@ class CrossSelfPruner(KVPruner):
             raise ConfigError(f"csp: n={self.n} must be >= 0 (n = 0 is the ordinary softmax)")
 
     def for_dataset(self, settings: Mapping[str, Any]) -> "CrossSelfPruner":
+        """This pruner with the ratio table's cross_ratio and bias where the config left them None, so
+        a value set explicitly wins over the per-dataset table."""
         fill = {k: settings[k] for k in ("cross_ratio", "bias") if getattr(self, k) is None and k in settings}
         return replace(self, **fill) if fill else self
 
     # -- the method ------------------------------------------------------------------------
     def select(self, kv: LayerKV, budget: Budget) -> Selection:
+        """The window's attention split into self (same modality) and cross scores, the top k_self and
+        k_cross of each kept (one top k of their sum with decompose=False), then the last Rk: ranked
+        apart, the two kinds of attention each get their share of the budget, so neither crowds the
+        other out."""
         length, window = kv.length, max(budget.recent, 1)
         s_self, s_cross = self.scores(kv, window)
         recent = self.recent_kept(budget.recent, length)
@@ -99,6 +105,8 @@ class CrossSelfPruner(KVPruner):
         return s_self, from_all - s_self
 
     def recent_kept(self, recent: int, length: int) -> int:
+        """Rk: int(R * bias), R itself when bias is 1 (as the reference writes it), at most L; a bias
+        above 1 keeps more recent tokens and leaves fewer for the top-k."""
         bias = self.DEFAULT_BIAS if self.bias is None else self.bias
         kept = recent if bias == 1 else int(recent * bias)
         return min(kept, length)
@@ -113,6 +121,8 @@ class CrossSelfPruner(KVPruner):
     def combine_topk(
         self, s_self: Tensor, s_cross: Tensor, k_self: int, k_cross: int, k: int
     ) -> tuple[Tensor, Tensor | None]:
+        """The kept candidates per head from the two top-k lists: concat (the reference; a key in both
+        lists is listed twice), union (the room duplicates leave is refilled) or intersection (Eq. 3)."""
         if self.combine == "concat":
             return torch.cat([_topk(s_self, k_self), _topk(s_cross, k_cross)], dim=1), None
         if self.combine == "union":

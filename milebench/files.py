@@ -3,6 +3,10 @@
 Every result the harness writes (predictions, scores, tables, figures) goes through here,
 so durability is decided once: the new file is written beside its target, fsynced, renamed
 over it, and the folder is fsynced so the rename itself survives a crash.
+
+The names of a run's files are defined here too, once: the runner writes them and the
+scorer, the tables and the scripts find a run's state by them, so a name spelt twice could
+let one side stop seeing the other's files without any error.
 """
 from __future__ import annotations
 
@@ -11,6 +15,25 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+# <output_dir>/<model>/<run_name>/
+CONFIG_FILE = "config.yaml"  # the resolved config; a rerun into the folder must match it
+ERRORS_FILE = "errors.jsonl"  # samples skipped with on_error=skip (its presence: a run of a subset)
+
+# <run>/<D>/, in MileBench's formats where MileBench has the file
+PRED_FILE = "pred.json"
+EVAL_FILE = "eval.json"  # written last by the scorer: its presence marks a scored dataset
+EVAL_SCORE_FILE = "eval_score.json"  # per-sample scores
+EXTRACTED_FILE = "pred_with_extracted.json"  # multiple choice: the option each answer resolved to
+ROUGE_SCORE_FILE = "eval_rouge_score.json"  # ROUGE-L datasets: Google's rouge-score, an extra figure
+FIDELITY_FILE = "fidelity.json"  # fidelity=true: the method against the full cache (csp/analysis/fidelity.py)
+CORRECTED_SUFFIX = "_corrected"  # --corrected writes its own files and never touches the faithful ones
+
+
+def corrected_name(name: str) -> str:
+    """The corrected mode's file for a result file (`eval.json` -> `eval_corrected.json`)."""
+    path = Path(name)
+    return f"{path.stem}{CORRECTED_SUFFIX}{path.suffix}"
 
 
 def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:

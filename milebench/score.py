@@ -23,7 +23,15 @@ from tqdm import tqdm
 
 from milebench import catalog
 from milebench.data import DatasetFile, load_dataset
-from milebench.files import write_atomic
+from milebench.files import (
+    EVAL_FILE,
+    EVAL_SCORE_FILE,
+    EXTRACTED_FILE,
+    PRED_FILE,
+    ROUGE_SCORE_FILE,
+    corrected_name,
+    write_atomic,
+)
 from milebench.metrics import (
     gold_key,
     match_choice,
@@ -37,7 +45,6 @@ from milebench.normalize import normalize
 
 LEVELS = ("Few", "Medium", "Many")
 ROUGE_METRIC = "Rouge-L f"
-PRED_FILE = "pred.json"
 ADV_SUFFIX = "-adv"
 
 
@@ -171,8 +178,9 @@ def score_predictions(dataset: DatasetFile, preds: list[dict[str, Any]], *, corr
 
 def output_names(corrected: bool) -> dict[str, str]:
     """File names written beside pred.json; the corrected mode never reuses a faithful name."""
-    suffix = "_corrected" if corrected else ""
-    return {k: f"{k}{suffix}.json" for k in ("eval", "eval_score", "pred_with_extracted", "eval_rouge_score")}
+    names = {"eval": EVAL_FILE, "eval_score": EVAL_SCORE_FILE, "pred_with_extracted": EXTRACTED_FILE,
+             "eval_rouge_score": ROUGE_SCORE_FILE}
+    return {k: corrected_name(v) if corrected else v for k, v in names.items()}
 
 
 def _write_json(path: Path, obj: Any) -> None:

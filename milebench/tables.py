@@ -23,11 +23,18 @@ import pandas as pd
 import yaml
 
 from milebench import catalog
-from milebench.files import write_atomic
+from milebench.files import (
+    CONFIG_FILE,
+    EVAL_FILE,
+    FIDELITY_FILE,
+    PRED_FILE,
+    ROUGE_SCORE_FILE,
+    corrected_name,
+    write_atomic,
+)
 
 REFERENCE_DIR = Path(__file__).with_name("reference")
 PAPER_BUDGET = 0.2
-CONFIG_FILE = "config.yaml"
 
 
 # ---------------------------------------------------------------- method names ----------
@@ -173,7 +180,7 @@ def read_run_meta(run_dir: Path | str) -> RunMeta:
 
 def _method_from_predictions(run_dir: Path) -> str | None:
     """The runner records the method's name in each prediction's gen_kwargs."""
-    for pred in sorted(run_dir.glob("*/pred.json")):
+    for pred in sorted(run_dir.glob(f"*/{PRED_FILE}")):
         try:
             preds = json.loads(pred.read_text(encoding="utf-8"))
             name = preds[0]["gen_kwargs"]["method"]["name"]
@@ -204,7 +211,7 @@ def find_runs(results_dir: Path | str) -> list[Path]:
     """Every `<model>/<run_name>` folder holding at least one dataset folder."""
     results_dir = Path(results_dir)
     runs = set()
-    for marker in ("eval.json", "pred.json"):
+    for marker in (EVAL_FILE, PRED_FILE):
         for f in results_dir.glob(f"*/*/*/{marker}"):
             if f.parent.name in catalog.BY_NAME:
                 runs.add(f.parent.parent)
@@ -227,20 +234,19 @@ def collect_run(run_dir: Path | str) -> RunScores:
     out = RunScores(meta=read_run_meta(run_dir), path=run_dir, scores={})
     for d in (*catalog.DATASETS, *catalog.PROXY_DATASETS):
         folder = run_dir / d.name
-        if (folder / "eval.json").is_file():
-            out.scores[d.name] = _metric_value(folder / "eval.json", d.metric)
-        elif (folder / "pred.json").is_file():
+        if (folder / EVAL_FILE).is_file():
+            out.scores[d.name] = _metric_value(folder / EVAL_FILE, d.metric)
+        elif (folder / PRED_FILE).is_file():
             out.unscored.append(d.name)
-        if (folder / "eval_corrected.json").is_file():
-            out.corrected[d.name] = _metric_value(folder / "eval_corrected.json", d.metric)
-        if (folder / "eval_rouge_score.json").is_file():
-            out.rouge_score[d.name] = _metric_value(folder / "eval_rouge_score.json", "Rouge-L f")
+        if (folder / corrected_name(EVAL_FILE)).is_file():
+            out.corrected[d.name] = _metric_value(folder / corrected_name(EVAL_FILE), d.metric)
+        if (folder / ROUGE_SCORE_FILE).is_file():
+            out.rouge_score[d.name] = _metric_value(folder / ROUGE_SCORE_FILE, "Rouge-L f")
         if (folder / FIDELITY_FILE).is_file():
             out.fidelity[d.name] = _fidelity_summary(folder / FIDELITY_FILE)
     return out
 
 
-FIDELITY_FILE = "fidelity.json"  # written by the runner with fidelity=true (csp/analysis/fidelity.py)
 FIDELITY_FIELDS = {"kl": "KL", "top1": "top-1 %", "identical": "identical %"}
 
 

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from csp.engine import registry  # noqa: E402
 from csp.engine.decode import Decoder  # noqa: E402
 from csp.engine.method import ConfigError, FullCache  # noqa: E402
+from csp.models.adapters import DTYPES  # noqa: E402
 from milebench.files import atomic_path, write_atomic  # noqa: E402
 
 BUDGETS = (1.0, 0.6, 0.3, 0.2, 0.1)
@@ -279,7 +280,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recent-share", type=float, default=0.5,
                    help="share of each budget spent on the recent window (0.5 = the reference's 0.1 + 0.1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+    p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                    help="auto = float16 on CUDA (as the paper), float32 on CPU")
     p.add_argument("--shape", default="7b", choices=sorted(SHAPES))
     p.add_argument("--layers", type=int, default=None,
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     except ConfigError as e:
         raise SystemExit(f"error: --method {args.method}: {e}") from None
 
-    adapter = build_model(args.shape, args.layers, device, getattr(torch, dtype_name), args.attn)
+    adapter = build_model(args.shape, args.layers, device, DTYPES[dtype_name], args.attn)
     ids = alfred_like_ids(args.shape, args.images, args.text_tokens, args.batch)
     rows = with_ratios(measure(adapter, ids, args.method, args.budgets, args, device))
 

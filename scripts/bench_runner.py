@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from csp.models.config import adapter_from_config  # noqa: E402
+from milebench.files import PRED_FILE  # noqa: E402
 from milebench.runner.loop import run  # noqa: E402
 from milebench.synthetic import ensure_synthetic  # noqa: E402
 
@@ -62,7 +63,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 run_dir = run(cfg, method_name=args.method, load_adapter=loaded)
                 walls[bs].append(time.perf_counter() - t0)
-                preds = {d: json.loads((run_dir / d / "pred.json").read_text()) for d in args.datasets.split(",")}
+                preds = {d: json.loads((run_dir / d / PRED_FILE).read_text()) for d in args.datasets.split(",")}
             n = sum(len(p) for p in preds.values())
             results[bs] = (n, statistics.median(walls[bs]), preds)
     for bs, (n, wall, _) in results.items():

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from milebench import catalog  # noqa: E402
+from milebench.files import PRED_FILE  # noqa: E402
 from milebench.score import score_run  # noqa: E402
 
 WORDS = ("the a man woman car red blue left right moves picks up object table near far small large "
@@ -93,7 +94,7 @@ def generate(root: Path, seed: int) -> tuple[Path, Path, int]:
                   "gen_model_id": "bench", "pred_response": prediction(rng, info, s), "gen_kwargs": {}}
                  for s in samples]
         (run / info.name).mkdir(parents=True)
-        (run / info.name / "pred.json").write_text(json.dumps(preds))
+        (run / info.name / PRED_FILE).write_text(json.dumps(preds))
         n += len(preds)
     return data, run, n
 

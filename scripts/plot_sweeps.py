@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from milebench import catalog  # noqa: E402
-from milebench.files import atomic_path, write_atomic  # noqa: E402
-from milebench.tables import CONFIG_FILE, RunScores, collect_run, find_runs, method_display, method_rank  # noqa: E402
+from milebench.files import CONFIG_FILE, atomic_path, write_atomic  # noqa: E402
+from milebench.tables import RunScores, collect_run, find_runs, method_display, method_rank  # noqa: E402
 
 # CSP's defaults, for runs whose config does not spell a setting out
 CSP_DEFAULTS = {"cross_ratio": None, "score_fn": "nsoftmax", "decompose": True}

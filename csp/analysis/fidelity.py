@@ -34,8 +34,7 @@ from torch import Tensor
 
 from csp.engine.decode import Decoder, Inputs, greedy_pick
 from csp.engine.method import KVPruner
-
-FIDELITY_FILE = "fidelity.json"
+from milebench.files import FIDELITY_FILE  # named with the run folder's other files
 
 
 @dataclass
@@ -156,7 +155,7 @@ def fidelity_record(samples: Mapping[int, SampleFidelity], meta: Mapping[str, An
     }
 
 
-def read_summary(record: Mapping[str, Any], source: str = "fidelity.json") -> FidelitySummary:
+def read_summary(record: Mapping[str, Any], source: str = FIDELITY_FILE) -> FidelitySummary:
     """The summary of a fidelity.json record, with a clear error when a field is missing."""
     try:
         data = record["summary"]

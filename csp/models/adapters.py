@@ -29,19 +29,25 @@ from transformers import (
 
 from csp.models.llava_encoding import ENCODINGS, expand_image_tokens, follow_sentencepiece, left_pad, llava_input_ids
 
+# LLaVA's Llama-2 system prompt; the tiny model's jinja template (csp/models/tiny.py) is built
+# from it too, so the two renderings cannot drift apart. No braces: it sits in a str.format template.
+LLAVA_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual "
+    "content that the user provides, and assist the user with a variety of tasks using natural "
+    "language."
+)
+
 # Conversation templates keyed by name; each has exactly one ``{prompt}`` field.
 # BOS is not part of a template: the tokenizer adds it, as Llama tokenizers do.
 CHAT_TEMPLATES: dict[str, str] = {
-    "llava_llama_2": (
-        "[INST] <<SYS>>\nYou are a helpful language and vision assistant. You are able to "
-        "understand the visual content that the user provides, and assist the user with a "
-        "variety of tasks using natural language.\n<</SYS>>\n\n{prompt} [/INST]"
-    ),
+    "llava_llama_2": "[INST] <<SYS>>\n" + LLAVA_SYSTEM_PROMPT + "\n<</SYS>>\n\n{prompt} [/INST]",
 }
 PROCESSOR_TEMPLATE = "processor"  # use the checkpoint's own jinja chat template
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# torch dtypes by config name; the runner (milebench/runner/settings.py) and the scripts take
+# their valid names from here, plus "auto" where they resolve one by device.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 MOBILEVLM_REFUSAL = (
     "model family 'mobilevlm' (MobileVLM-V2) is not supported: transformers has no native "

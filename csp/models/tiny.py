@@ -36,7 +36,7 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from csp.models.adapters import ImageOnlyInternVLProcessor, llava_image_processor_class
+from csp.models.adapters import LLAVA_SYSTEM_PROMPT, ImageOnlyInternVLProcessor, llava_image_processor_class
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "models"
@@ -84,11 +84,6 @@ The story continues when the little girl finds a key under the stone and opens t
 Historians believe that the ancient city was built near the coast two thousand years ago.
 """
 
-LLAVA_SYSTEM = (
-    "You are a helpful language and vision assistant. You are able to understand the visual "
-    "content that the user provides, and assist the user with a variety of tasks using natural "
-    "language."
-)
 # Jinja form of CHAT_TEMPLATES["llava_llama_2"] in csp/models/adapters.py (single user turn; images in
 # structured content become the image token). BOS comes from the tokenizer, not the template.
 LLAVA_LLAMA_2_JINJA = (
@@ -96,7 +91,7 @@ LLAVA_LLAMA_2_JINJA = (
     "{% if message['role'] != 'user' %}"
     "{{ raise_exception('llava_llama_2 renders user turns only') }}"
     "{% endif %}"
-    "[INST] <<SYS>>\n" + LLAVA_SYSTEM + "\n<</SYS>>\n\n"
+    "[INST] <<SYS>>\n" + LLAVA_SYSTEM_PROMPT + "\n<</SYS>>\n\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"

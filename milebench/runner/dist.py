@@ -15,18 +15,26 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in the run; a plain run is rank 0 of 1, so the loop has one code
+    path whether torchrun launched it or not."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the one process that writes shared files (config, merged predictions, scores)."""
         return self.rank == 0
 
     def owns(self, batch_index: int) -> bool:
+        """Round-robin over batch indices: disjoint shares that together cover every batch, decided
+        without any communication."""
         return batch_index % self.world == self.rank
 
     def barrier(self) -> None:
+        """Wait for every rank (a no-op alone), so rank 0 merges only once all partial files are
+        complete."""
         if self.world > 1:
             import torch.distributed as td
 
@@ -64,6 +72,7 @@ def init(device: str, timeout_hours: float = 12.0) -> Dist:
 
 
 def shutdown() -> None:
+    """Leave the process group if one was joined, so torchrun's processes exit cleanly."""
     import torch.distributed as td
 
     if td.is_available() and td.is_initialized():

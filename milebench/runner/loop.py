@@ -22,13 +22,11 @@ from milebench.data import DataError, DatasetFile, Sample, load_dataset
 from milebench.runner import dist as dist_mod
 from milebench.score import score_dataset
 from milebench.runner.settings import RESOLVED_FIELDS, RunConfigError, RunPlan, check_budget, fingerprint, make_plan
-from milebench.files import write_atomic
+from milebench.files import CONFIG_FILE, ERRORS_FILE, EVAL_FILE, FIDELITY_FILE, write_atomic
 from milebench.runner.store import JsonlAppender, PredictionStore, read_complete_lines
 
 log = logging.getLogger("milebench.run")
 
-CONFIG_FILE = "config.yaml"
-ERRORS_FILE = "errors.jsonl"
 MIN_NEW_TOKENS = 1
 
 # generate(adapter, inputs, method, *, max_new_tokens, min_new_tokens) -> object with .tokens
@@ -109,6 +107,8 @@ def prepare_sample(adapter: Any, sample: Sample, dataset: DatasetFile, max_conte
 
 
 def batches_of(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
+    """Consecutive batches of `size` (the last one shorter). Fixed by the sample order alone,
+    so every process and every rerun cuts the same batches and ownership by index holds."""
     return [list(samples[i:i + size]) for i in range(0, len(samples), size)]
 
 
@@ -150,6 +150,8 @@ class Runner:
 
     # -- one batch ---------------------------------------------------------------------------
     def prepare(self, dataset: DatasetFile, batch: list[Sample]) -> list[tuple[Sample, Any, list]]:
+        """The samples of `batch` with their prompt and images; one with bad input goes to `fail`
+        and drops out, so it costs its own prediction, not the batch's."""
         ready = []
         for s in batch:
             try:
@@ -173,6 +175,9 @@ class Runner:
 
     def run_batch(self, dataset: DatasetFile, batch: list[Sample], done: dict[int, Any], method: Any,
                   gen_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        """Generate one batch and return its prediction records (MileBench's pred.json fields).
+        Samples already in `done` are generated with the rest, so the batch keeps its shape and
+        its predictions, but are not returned again."""
         self.ensure_model()
         ready = self.prepare(dataset, batch)
         if not ready:
@@ -197,6 +202,9 @@ class Runner:
 
     # -- one dataset -------------------------------------------------------------------------
     def run_dataset(self, dataset: DatasetFile, overall: tqdm) -> None:
+        """Run the batches of `dataset` this process owns and still lacks, appending each one
+        durably before the next; then the main process merges, scores and (fidelity=true)
+        measures fidelity."""
         name = dataset.name
         plan = self.plan
         folder = plan.run_dir / (name + ("-adv" if self.cfg.adversarial else ""))
@@ -232,7 +240,7 @@ class Runner:
 
     def finish_dataset(self, dataset: DatasetFile, store: PredictionStore, folder: Path) -> None:
         """Merge every process's predictions into pred.json (sample order) and score it."""
-        up_to_date = store.is_final() and not store.partial_dir.exists() and (folder / "eval.json").is_file()
+        up_to_date = store.is_final() and not store.partial_dir.exists() and (folder / EVAL_FILE).is_file()
         if up_to_date:
             return
         done = store.load()
@@ -248,7 +256,7 @@ class Runner:
     def write_fidelity(self, dataset: DatasetFile, folder: Path, method: Any) -> None:
         """<D>/fidelity.json: the method against the full cache on the predicted samples
         (csp/analysis/fidelity.py); kept when it already covers exactly those samples."""
-        from csp.analysis.fidelity import FIDELITY_FILE, collect_fidelity, recorded_ids
+        from csp.analysis.fidelity import collect_fidelity, recorded_ids
 
         predicted = PredictionStore(folder).load()
         path = folder / FIDELITY_FILE
@@ -272,6 +280,9 @@ class Runner:
 
 
 def load_datasets(runner: Runner) -> list[DatasetFile]:
+    """Every planned dataset, loaded before the model is; a dataset that cannot be read is
+    raised or, with on_error=skip, logged and left out. Images are checked up front only when
+    a bad one would stop the run anyway (on_error=raise)."""
     plan = runner.plan
     loaded = []
     for name in plan.datasets:

@@ -37,7 +37,8 @@ def _check_entry(entry: Any, where: str) -> dict[str, float]:
 
 
 def validate(table: Mapping[str, Any], name: str = "ratios") -> None:
-    """Raise RatioTableError naming the entry at fault."""
+    """Raise RatioTableError naming the entry at fault; run before any model loads, so a
+    misspelt dataset or group fails at once instead of falling back to the default."""
     unknown = set(table) - {"default", "groups", "datasets"}
     if unknown:
         raise RatioTableError(f"{name}: unknown keys {sorted(unknown)}; expected default, groups, datasets")

@@ -19,7 +19,6 @@ from milebench import catalog
 from milebench.runner import ratios
 
 DEFAULT_DATA_DIR = Path("data/milebench-synthetic")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 ON_ERROR = ("raise", "skip")
 PREFILL = ("auto", "batched", "per_sample")
 
@@ -40,6 +39,9 @@ class RunConfigError(ConfigError):
 
 @dataclass(frozen=True)
 class RunPlan:
+    """Everything the loop needs, checked and resolved (`auto` already decided for this device),
+    so nothing after `make_plan` can fail on a config value."""
+
     datasets: tuple[str, ...]
     data_dir: Path
     generate_data: bool  # the default generated copy: (re)built when absent or stale
@@ -93,6 +95,8 @@ def _number(cfg: DictConfig, key: str, *, integer: bool = False, allow_none: boo
 
 
 def check_budget(cfg: DictConfig) -> None:
+    """The top-level budget fields, checked before the method is built: every method
+    interpolates them, so an error here names the field as the user wrote it."""
     budget = _number(cfg, "budget")
     recent = _number(cfg, "recent_ratio")
     tokens = _number(cfg, "budget_tokens", integer=True, allow_none=True)
@@ -103,6 +107,8 @@ def check_budget(cfg: DictConfig) -> None:
 
 
 def resolve_device(device: str) -> str:
+    """`auto` as CUDA when there is one, else the CPU; an explicit CUDA device that is absent
+    fails here rather than at model load."""
     import torch
 
     if device == "auto":
@@ -115,14 +121,21 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype not in DTYPES:
-        raise RunConfigError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    """`auto` as bfloat16 on CUDA and float32 on the CPU. The valid names are the model loader's
+    (csp.models.adapters.DTYPES), so a name accepted here is one the loader knows."""
+    from csp.models.adapters import DTYPES
+
+    names = ("auto", *DTYPES)
+    if dtype not in names:
+        raise RunConfigError(f"dtype={dtype!r}: expected one of {', '.join(names)}")
     if dtype == "auto":
         return "bfloat16" if device.startswith("cuda") else "float32"
     return dtype
 
 
 def resolve_prefill(prefill: str, device: str) -> str:
+    """`auto` as batched on a GPU and per_sample on the CPU, where attention over a padded batch
+    is several times slower than plain causal attention; the predictions are the same."""
     if prefill not in PREFILL:
         raise RunConfigError(f"prefill={prefill!r}: expected one of {', '.join(PREFILL)}")
     if prefill == "auto":

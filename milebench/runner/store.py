@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from milebench.files import write_atomic
+from milebench.files import PRED_FILE, write_atomic
 
-PRED_FILE = "pred.json"
 PARTIAL_DIR = "partial"
 
 
@@ -53,6 +52,8 @@ class JsonlAppender:
         self._file = open(path, "ab")
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Write `records` as one block and fsync before returning, so a kill after this call
+        never loses them; an empty batch writes nothing."""
         blob = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
         if not blob:
             return
@@ -61,6 +62,7 @@ class JsonlAppender:
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
+        """Close the file; every appended line is already on disk, so this only frees the handle."""
         self._file.close()
 
     def __enter__(self) -> "JsonlAppender":
@@ -79,6 +81,8 @@ class PredictionStore:
         self.partial_dir = dataset_dir / PARTIAL_DIR
 
     def is_final(self) -> bool:
+        """Whether pred.json has been written: the merge ran at least once (a rerun with a larger
+        `limit` may still add partial files beside it)."""
         return self.pred_path.is_file()
 
     def load(self) -> dict[int, dict[str, Any]]:
@@ -98,6 +102,8 @@ class PredictionStore:
         return done
 
     def appender(self, rank: int) -> JsonlAppender:
+        """The partial file of process `rank`: one file per process, so no two ever append to
+        the same file."""
         return JsonlAppender(self.partial_dir / f"rank{rank}.jsonl")
 
     def finalize(self, order: list[int], done: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
