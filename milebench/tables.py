@@ -52,6 +52,13 @@ def _method_info(method: str):
         return None
 
 
+def has_own_budget(method: str) -> bool:
+    """True for a method that does not keep the shared `budget` (the full cache, FastV): its
+    points on a budget axis are not comparable with the others'."""
+    info = _method_info(method)
+    return info is not None and info.budget_rule == "own"
+
+
 def method_display(method: str) -> str:
     """How the tables name a method config (`lookm-tp-w` -> "LOOK-M (TP+W-Merge)")."""
     info = _method_info(method)

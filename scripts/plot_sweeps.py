@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from milebench import catalog  # noqa: E402
 from milebench.files import CONFIG_FILE, atomic_path, write_atomic  # noqa: E402
-from milebench.tables import RunScores, collect_run, find_runs, method_display, method_rank  # noqa: E402
+from milebench.tables import RunScores, collect_run, find_runs, has_own_budget, method_display, method_rank  # noqa: E402
 
 # CSP's defaults, for runs whose config does not spell a setting out
 CSP_DEFAULTS = {"cross_ratio": None, "score_fn": "nsoftmax", "decompose": True}
@@ -247,23 +247,33 @@ def plot_figure4(df: pd.DataFrame, path: Path) -> None:
 
 
 def plot_figure5(df: pd.DataFrame, path: Path) -> None:
+    """A line per method; with many methods, colours from a 20-colour map and three line
+    styles, so no two share a look, and the legend beside the axes. A method with its own
+    budget (FastV) is dotted and says so: its points do not keep `budget` of the prompt."""
     plt = _pyplot()
     models = sorted(df.model.unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models) + 2.2, 3.8), squeeze=False)
+    colours = plt.get_cmap("tab20").colors
     for ax, model in zip(axes.flat, models):
         means = df[df.model == model].groupby(["method", "budget"]).score.mean()
-        for method, series in means.groupby(level="method"):
-            series = series.droplevel("method").sort_index()
+        methods = sorted(means.index.get_level_values("method").unique(), key=lambda m: (method_rank(m), m))
+        for i, method in enumerate(methods):
+            series = means.loc[method].sort_index()
             if method == "full":
                 ax.axhline(series.iloc[0], color="k", ls="--", lw=1, label=method_display("full"))
+            elif has_own_budget(method):
+                ax.plot(series.index, series.values, color="grey", ls=":", marker="x",
+                        label=f"{method_display(method)} (own budget)")
             else:
-                ax.plot(series.index, series.values, marker="o", label=method_display(method))
+                ax.plot(series.index, series.values, color=colours[i % len(colours)], ls=("-", "--", "-.")[i % 3],
+                        marker="os^"[i % 3], ms=4, label=method_display(method))
         ax.set_xlabel("budget (kept share of the prompt)")
         ax.set_ylabel("mean score")
         ax.set_title(model, fontsize=9)
-        ax.legend(fontsize=7)
+    handles, labels = axes.flat[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
     fig.suptitle("Figure 5: score against budget")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from milebench import catalog  # noqa: E402
 from milebench.files import atomic_path, write_atomic  # noqa: E402
-from milebench.tables import collect_run, find_runs, method_display, method_rank  # noqa: E402
+from milebench.tables import collect_run, find_runs, has_own_budget, method_display, method_rank  # noqa: E402
 
 DEFAULT_RESULTS = ROOT / "results" / "proxy"
 MC = [d.name for d in catalog.PROXY_DATASETS if d.scoring == "choice"]
@@ -38,10 +38,11 @@ SHORT = {name: name.removeprefix("Proxy") for name in catalog.PROXY_NAMES}
 BUDGETS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-def _is_sweep_variant(variant: str, budget: float | None) -> bool:
-    """No override, or only the sweep's own recent_ratio = budget / 2."""
+def _is_sweep_variant(variant: str, budget: float | None, method: str) -> bool:
+    """The sweep's own runs: the full cache, or only the override recent_ratio = budget / 2
+    (scripts/proxy.sh always passes it; a run without it split its budget another way)."""
     if not variant:
-        return True
+        return method == "full"
     key, _, value = variant.partition("=")
     try:
         return key == "recent_ratio" and "," not in variant and budget is not None and math.isclose(
@@ -58,7 +59,7 @@ def proxy_frame(results: Path, model: str | None = None) -> pd.DataFrame:
         m = run.meta
         if model is not None and m.model != model:
             continue
-        if m.budget_tokens is not None or not _is_sweep_variant(m.variant, m.budget):
+        if m.budget_tokens is not None or not _is_sweep_variant(m.variant, m.budget, m.method):
             continue
         if not all(d in run.scores for d in catalog.PROXY_NAMES):
             continue
@@ -156,7 +157,7 @@ def plot_per_method(df: pd.DataFrame, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xticks(BUDGETS, [f"{b:g}" for b in BUDGETS])
         ax.minorticks_off()
-        ax.set_title(method_display(method), fontsize=8)
+        ax.set_title(method_display(method) + (" (own budget)" if has_own_budget(method) else ""), fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
