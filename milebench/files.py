@@ -11,10 +11,11 @@ let one side stop seeing the other's files without any error.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 # <output_dir>/<model>/<run_name>/
 CONFIG_FILE = "config.yaml"  # the resolved config; a rerun into the folder must match it
@@ -72,3 +73,30 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     """Replace `path` by `data` (text is written as UTF-8)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def build_folder_atomic(target: Path | str, build: Callable[[Path], object]) -> Path:
+    """`build(tmp)` fills a temporary sibling of `target`, which is then renamed over it, so a
+    reader never sees half a folder. Concurrent builders may race: the last rename wins, a
+    lost race is no error, and every leftover is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    stale = target.parent / f"{tmp.name}-stale"
+    try:
+        build(tmp)
+        if target.exists():
+            try:
+                os.replace(target, stale)
+            except OSError:
+                pass  # another process is already swapping it
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not target.exists():  # a real failure, not a lost race
+                raise
+    finally:
+        for leftover in (tmp, stale):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+    return target

@@ -30,10 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +40,7 @@ from PIL import Image, ImageDraw
 
 from milebench import catalog
 from milebench.data import IMAGES_DIR
+from milebench.files import build_folder_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / "data" / "milebench-proxy"
@@ -322,19 +320,7 @@ def ensure_proxy(data_dir: Path | str = DEFAULT_DIR, train: int = DEFAULT_TRAIN,
     if data_dir.exists() and not path.is_file():
         raise FileExistsError(f"{data_dir} exists but holds no {MARKER_FILE}: not a generated proxy copy; "
                               "remove it or choose another folder")
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.tmp-", dir=data_dir.parent))
-    stale = data_dir.parent / f"{tmp.name}-stale"
-    try:
-        generate(tmp, train=train, eval=eval, seed=seed)
-        if data_dir.exists():
-            os.replace(data_dir, stale)
-        os.replace(tmp, data_dir)
-    finally:
-        for leftover in (tmp, stale):
-            if leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
-    return data_dir
+    return build_folder_atomic(data_dir, lambda tmp: generate(tmp, train=train, eval=eval, seed=seed))
 
 
 def main(argv: list[str] | None = None) -> None:

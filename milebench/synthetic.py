@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from tqdm import tqdm
 
 from milebench import catalog
 from milebench.data import COMBINED_DIR, IMAGES_DIR, split_name
+from milebench.files import build_folder_atomic
 
 DEFAULT_SAMPLES = 5
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "milebench-synthetic"
@@ -467,26 +465,7 @@ def ensure_synthetic(data_dir: Path | str = DEFAULT_DIR, samples: int = DEFAULT_
     if data_dir.exists():
         if not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) == wanted:
             return data_dir
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.tmp-", dir=data_dir.parent))
-    stale = data_dir.parent / f"{tmp.name}-stale"
-    try:
-        generate(tmp, samples=samples, seed=seed, progress=False)
-        if data_dir.exists():
-            try:
-                os.replace(data_dir, stale)
-            except OSError:
-                pass  # another process is already swapping it
-        try:
-            os.replace(tmp, data_dir)
-        except OSError:
-            if not data_dir.exists():  # a real failure, not a lost race
-                raise
-    finally:
-        for leftover in (tmp, stale):
-            if leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
-    return data_dir
+    return build_folder_atomic(data_dir, lambda tmp: generate(tmp, samples=samples, seed=seed, progress=False))
 
 
 def main(argv: list[str] | None = None) -> None:

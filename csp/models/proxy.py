@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
 from csp.models.adapters import ModelAdapter
-from csp.models.tiny import build_llava
+from csp.models.tiny import LLAVA_JINJA_CONTENT, build_llava
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "models"
@@ -75,10 +75,7 @@ class Recipe:
 PROXY_JINJA = (
     "{% for message in messages %}"
     "[INST] "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
+    + LLAVA_JINJA_CONTENT +
     " [/INST]"
     "{% endfor %}"
 )

@@ -84,6 +84,14 @@ The story continues when the little girl finds a key under the stone and opens t
 Historians believe that the ancient city was built near the coast two thousand years ago.
 """
 
+# A user turn's content in jinja: a string as it is, structured parts with each image as
+# LLaVA's image token followed by a newline.
+LLAVA_JINJA_CONTENT = (
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+)
 # Jinja form of CHAT_TEMPLATES["llava_llama_2"] in csp/models/adapters.py (single user turn; images in
 # structured content become the image token). BOS comes from the tokenizer, not the template.
 LLAVA_LLAMA_2_JINJA = (
@@ -92,10 +100,7 @@ LLAVA_LLAMA_2_JINJA = (
     "{{ raise_exception('llava_llama_2 renders user turns only') }}"
     "{% endif %}"
     "[INST] <<SYS>>\n" + LLAVA_SYSTEM_PROMPT + "\n<</SYS>>\n\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
+    + LLAVA_JINJA_CONTENT +
     " [/INST]"
     "{% endfor %}"
 )
