@@ -45,6 +45,7 @@ TRUTH = "tests/test_engine_truth.py"
 FIDELITY, METRICS, FILES = "tests/test_fidelity.py", "tests/test_score_metrics.py", "tests/test_score_files.py"
 E2E, FLOW, CONFIG = "tests/test_runner_e2e.py", "tests/test_runner_flow.py", "tests/test_config.py"
 PROXY = "tests/test_proxy.py"
+EXTRA = "tests/test_baselines_extra.py"
 
 MUTANTS: list[Mutant] = [
     # engine and methods
@@ -128,6 +129,18 @@ MUTANTS: list[Mutant] = [
            "per_sample = [lay.layer_masks or [lay.slot_mask[:, None, :].expand(-1, heads, -1)]",
            "per_sample = [lay.layer_masks or [torch.ones_like(lay.slot_mask)[:, None, :].expand(-1, heads, -1)]",
            (TRUTH,)),
+    Mutant("tova-per-group-by-default", "baselines/tova.py", '    heads: str = "all"\n', '    heads: str = "group"\n',
+           (EXTRA,)),
+    Mutant("tova-first-group-for-all", "baselines/tova.py", "return per_group.mean(dim=0, keepdim=True)",
+           "return per_group[:1]", (EXTRA,)),
+    Mutant("fastv-ranks-by-every-query", "baselines/fastv.py", '    rank: str = "last"\n', '    rank: str = "all"\n',
+           (EXTRA,)),
+    Mutant("fastv-drop-count-int", "baselines/fastv.py", "return round(n_image * (1 - ratio))",
+           "return n_image - int(ratio * n_image)", (EXTRA,)),
+    Mutant("fastv-last-first-head", "baselines/fastv.py", "return window_scores(kv, 1).mean(dim=0)",
+           "return window_scores(kv, 1)[0]", (EXTRA,)),
+    Mutant("fastv-all-first-head", "baselines/fastv.py", "return heavy_hitter_scores(kv, self.chunk_size).mean(dim=0)",
+           "return heavy_hitter_scores(kv, self.chunk_size)[0]", (EXTRA,)),
     # the same kind of bug, caught by the trained proxy model's quality tests alone
     Mutant("proxy-csp-keeps-least-scored", "csp/cross_self.py",
            "return scores.topk(k, dim=-1).indices", "return scores.topk(k, dim=-1, largest=False).indices", (PROXY,)),

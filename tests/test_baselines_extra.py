@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from baselines.adakv import AdaKV, adaptive_choice
-from baselines.fastv import FastV
+from baselines.fastv import FastV, kept_image_tokens
 from baselines.knorm import KNorm
 from baselines.pyramidkv import PyramidKV, pyramid_budgets
 from baselines.tova import TOVA
@@ -45,6 +45,24 @@ def test_tova_averages_the_query_heads_of_a_group() -> None:
     q = torch.cat([weighted_queries(EIGHT), weighted_queries(head_b)])
     kv = layer_kv(q, torch.eye(8).unsqueeze(0))
     assert TOVA().select(kv, Budget(1, 2)).index.tolist() == [[2, 6, 7]]
+
+
+def test_tova_ranks_once_per_layer_over_all_heads_by_default() -> None:
+    # two KV heads of one query head each, last queries as above: head 0 alone keeps j5 (.40 over
+    # j2 .30), head 1 alone keeps j2 (.788 over j5 .030). TOVA's code averages the last query's
+    # attention over all heads (j2 .544, j5 .215): both heads keep j2. heads="group": each its own
+    head_b = EIGHT[:7] + [[1, 1, 26, 1, 1, 1, 1, 1]]
+    q = torch.cat([weighted_queries(EIGHT), weighted_queries(head_b)])
+    kv = layer_kv(q, torch.eye(8).unsqueeze(0).repeat(2, 1, 1))
+    assert TOVA().select(kv, Budget(1, 2)).index.tolist() == [[2, 6, 7], [2, 6, 7]]
+    assert TOVA(heads="group").select(kv, Budget(1, 2)).index.tolist() == [[5, 6, 7], [2, 6, 7]]
+
+
+def test_tova_without_a_recent_window_is_the_authors_top_k_over_all_keys() -> None:
+    # recent_ratio 0: the top 2 of all eight keys by q7's [1 1 6 1 1 8 1 1] / 20 are j2, j5 (the
+    # last token itself, .05, goes as in TOVA's own cache)
+    tova = TOVA(budget_tokens=2, budget=0.2, recent_ratio=0.0)
+    assert tova(eight()).index.tolist() == [[2, 5]]
 
 
 # ---------------------------------------------------------------- K-norm
@@ -201,21 +219,77 @@ FAST = [[1], [1, 1], [1, 1, 1], [1, 4, 1, 1], [1] * 5, [1, 1, 1, 6, 1, 1], [1, 1
 FAST_VISION = [False, True, True, True, True, False, False]
 
 
-def fast_layers(n: int) -> list:
-    kv = layer_kv(weighted_queries(FAST), torch.eye(7).unsqueeze(0), visual=FAST_VISION)
+def fast_layers(n: int, rows: list[list[float]] = FAST, visual: list[bool] = FAST_VISION) -> list:
+    kv = layer_kv(weighted_queries(rows), torch.eye(len(rows)).unsqueeze(0), visual=visual)
     return [dataclasses.replace(kv, layer_idx=i, num_layers=n) for i in range(n)]
+
+
+def dropped(method: FastV, kv) -> list[int]:
+    return method.prefill_mask(kv).nonzero().squeeze(-1).tolist()
 
 
 def test_fastv_drops_the_least_attended_image_tokens_after_layer_k() -> None:
     layers = fast_layers(4)
+    every = FastV(rank="all")
     # layer K - 1 = 1 names half of the four image tokens: the two least attended, j4 and j3
-    assert FastV().prefill_mask(layers[1]).tolist() == [False, False, False, True, True, False, False]
-    assert FastV().prefill_mask(layers[0]) is None and FastV().prefill_mask(layers[2]) is None
-    assert FastV(ratio=0.75).prefill_mask(layers[1]).nonzero().squeeze(-1).tolist() == [2, 3, 4]
-    assert FastV(layer=1).prefill_mask(layers[0]).nonzero().squeeze(-1).tolist() == [3, 4]
+    assert every.prefill_mask(layers[1]).tolist() == [False, False, False, True, True, False, False]
+    assert every.prefill_mask(layers[0]) is None and every.prefill_mask(layers[2]) is None
+    assert dropped(FastV(rank="all", ratio=0.75), layers[1]) == [2, 3, 4]
+    assert dropped(FastV(rank="all", layer=1), layers[0]) == [3, 4]
     # over the layers: K = 2 layers keep everything, the later ones all but j3 and j4
-    kept = [s.index.tolist() for s in FastV().prune_layers(layers)]
+    kept = [s.index.tolist() for s in every.prune_layers(layers)]
     assert kept == [[list(range(7))]] * 2 + [[[0, 1, 2, 5, 6]]] * 2
+    # all heads averaged: a second KV head whose queries from q4 on put 30 on j4 receives
+    # j1 1.169, j2 .669, j3 .336, j4 2.572; the mean j1 1.488, j2 .885, j3 .668, j4 1.487 keeps j1, j4
+    rows_b = [[1], [1, 1], [1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1, 30], [1, 1, 1, 1, 30, 1], [1, 1, 1, 1, 30, 1, 1]]
+    q = torch.cat([weighted_queries(FAST), weighted_queries(rows_b)])
+    kv = layer_kv(q, torch.eye(7).unsqueeze(0).repeat(2, 1, 1), visual=FAST_VISION)
+    assert dropped(every, dataclasses.replace(kv, layer_idx=1, num_layers=3)) == [2, 3]
+
+
+# The last row now [1 2 5 3 1 1 1] / 14: from the last token alone j1 .143, j2 .357, j3 .214,
+# j4 .071; column sums of every token j1 1.839, j2 1.124, j3 1.103, j4 .362.
+LAST = FAST[:6] + [[1, 2, 5, 3, 1, 1, 1]]
+
+
+def test_fastv_ranks_by_the_last_token_as_the_authors_code_does() -> None:
+    layers = fast_layers(3, LAST)
+    assert FastV().rank == "last"
+    assert dropped(FastV(), layers[1]) == [1, 4]  # keeps j2, j3: the last token's two largest
+    assert dropped(FastV(rank="all"), layers[1]) == [3, 4]  # keeps j1, j2: all tokens' two largest
+    # all heads averaged: a second KV head whose last row is [1 1 1 1 20 1 1] / 26 (j4 .769, the
+    # other image tokens .038) gives j1 .091, j2 .198, j3 .126, j4 .420: j2 and j4 stay, in both heads
+    head_b = LAST[:6] + [[1, 1, 1, 1, 20, 1, 1]]
+    q = torch.cat([weighted_queries(LAST), weighted_queries(head_b)])
+    kv = layer_kv(q, torch.eye(7).unsqueeze(0).repeat(2, 1, 1), visual=FAST_VISION)
+    assert dropped(FastV(), dataclasses.replace(kv, layer_idx=1, num_layers=3)) == [1, 3]
+
+
+@pytest.mark.parametrize("n_image, ratio, n_drop", [
+    (5, 0.5, 3),   # round(2.5) = 2 kept (half to even): one more dropped than int(0.5 * 5) = 2
+    (7, 0.5, 3),   # round(3.5) = 4 kept
+    (6, 0.25, 2),  # round(4.5) = 4 kept, where int(0.25 * 6) would drop 1
+    (4, 0.5, 2),
+    (577, 0.5, 289),  # LLaVA's 576 plus one: 288 kept
+])
+def test_fastv_keeps_round_of_the_image_tokens_as_the_authors_code(n_image, ratio, n_drop) -> None:
+    assert n_image - kept_image_tokens(n_image, ratio) == n_drop
+    # on a prompt: text j0, n_image image tokens, text, text; the last token's weights over the
+    # image tokens 2, 3, ..., n_image + 1 (the first image token least attended)
+    length = n_image + 3
+    rows = [[1.0] * (i + 1) for i in range(length - 1)]
+    rows.append([1.0] + [float(w) for w in range(2, n_image + 2)] + [1.0, 1.0])
+    visual = [False] + [True] * n_image + [False, False]
+    layers = fast_layers(3, rows, visual)
+    assert dropped(FastV(ratio=ratio), layers[1]) == list(range(1, 1 + n_drop))
+
+
+def test_fastv_drops_per_the_rule_on_five_image_tokens() -> None:
+    # text j0, image j1..j5, text j6 j7; the last token's weights [1 6 2 5 3 4 1 1]: of five
+    # image tokens round(2.5) = 2 stay (j1, j3), three go (j2, j4, j5)
+    rows = [[1.0] * (i + 1) for i in range(7)] + [[1, 6, 2, 5, 3, 4, 1, 1]]
+    layers = fast_layers(3, rows, [False] + [True] * 5 + [False, False])
+    assert dropped(FastV(), layers[1]) == [2, 4, 5]
 
 
 def test_fastv_switches_off() -> None:
@@ -234,6 +308,8 @@ def test_fastv_switches_off() -> None:
     (lambda: VLCache(chunk_size=0), "chunk_size"),
     (lambda: FastV(layer=0), "layer"),
     (lambda: FastV(ratio=1.5), "ratio"),
+    (lambda: FastV(rank="first"), "rank"),
+    (lambda: TOVA(heads="each"), "heads"),
 ])
 def test_bad_configuration_is_named(make, field) -> None:
     with pytest.raises(ConfigError, match=field):

@@ -126,23 +126,26 @@ def test_vlcache_keeps_what_the_models_own_attention_says(eager_llava) -> None:
 
 
 # ---------------------------------------------------------------- prefill masking (FastV)
-def test_fastv_prefill_equals_dropping_the_tokens_after_layer_k(tiny_llava, eager_llava) -> None:
+@pytest.mark.parametrize("rank", ["last", "all"])
+def test_fastv_prefill_equals_dropping_the_tokens_after_layer_k(tiny_llava, eager_llava, rank) -> None:
     """FastV's own formulation as the truth: run layers K.. on the sequence WITHOUT the dropped
-    image tokens (chosen from the model's own layer K-1 attention), the others at their true
-    positions. The engine's masked prefill must give the same logits, and its caches must
-    hold every token in layers < K and exactly the truth's entries in layers >= K."""
+    image tokens (chosen from the model's own layer K-1 attention: the last token's row, as the
+    authors' code reads it, or every row's sum), the others at their true positions. The
+    engine's masked prefill must give the same logits, and its caches must hold every token in
+    layers < K and exactly the truth's entries in layers >= K."""
     image = [Image.new("RGB", (40, 30), (10, 120, 200))]
     text = tiny_llava.format_prompt(f"{tiny_llava.image_token}\nDescribe the picture in words, with every detail.")
     inputs = tiny_llava.encode([text], [image])
-    method = build_method("fastv")
+    method = dataclasses.replace(build_method("fastv"), rank=rank)
     k = method.layer
     visual = inputs["input_ids"][0] == tiny_llava.image_token_id
     length = visual.shape[0]
     with torch.inference_mode():
         att = eager_llava.model(**inputs, output_attentions=True).attentions[k - 1][0]  # (H, L, L)
-        received = att.sum(dim=1).mean(dim=0)  # attention each key receives, averaged over heads
+        # attention each key receives, averaged over heads: from the last token, or from all
+        received = (att[:, -1] if rank == "last" else att.sum(dim=1)).mean(dim=0)
         image_pos = visual.nonzero().squeeze(-1)
-        n_drop = int(method.ratio * image_pos.numel())
+        n_drop = image_pos.numel() - round(image_pos.numel() * (1 - method.ratio))
         drop = image_pos[received[image_pos].topk(n_drop, largest=False).indices]
         keep = torch.tensor([p for p in range(length) if p not in set(drop.tolist())])
         assert n_drop > 0 and keep.numel() == length - n_drop
