@@ -211,3 +211,32 @@ def test_a_kill_while_scoring_leaves_the_dataset_to_be_scored_again(tmp_path, mo
     killed = run(compose_cfg(*args, f"output_dir={tmp_path}/killed"), load_adapter=load_once)
     assert files_of(killed) == files_of(direct)
     assert {"eval.json", "eval_score.json", "eval_rouge_score.json"} <= {p.name for p in (killed / "ALFRED").iterdir()}
+
+
+def test_two_nodes_write_one_partial_file_per_global_rank_and_merge_to_a_plain_run(tmp_path, monkeypatch, load_once):
+    """Four processes on two nodes (LOCAL_RANK 0, 1 on each), run one after the other with
+    torchrun's environment and the process group stubbed: each writes its share to its own
+    partial file (named by the global rank: on a shared filesystem two nodes' LOCAL_RANK 0 must
+    not append to one file), only global rank 0 writes the config and merges, and the merged
+    folder equals a one-process run file for file."""
+    import torch.distributed as td
+
+    monkeypatch.setattr(csp.engine.decode, "greedy_generate", Spy(answer=None))
+    args = ["datasets=[ALFRED]", "limit=5", "batch_size=1", "run_name=r"]
+    plain = run(compose_cfg(*args, f"output_dir={tmp_path}/plain"), load_adapter=load_once)
+
+    monkeypatch.setattr(td, "is_initialized", lambda: False)
+    monkeypatch.setattr(td, "init_process_group", lambda **kw: None)
+    monkeypatch.setattr(td, "barrier", lambda: None)
+    folder = tmp_path / "nodes" / "tiny-llava" / "r"
+    for rank in (3, 2, 1, 0):  # rank 0 last: it merges once the others' files are complete
+        for k, v in {"RANK": rank, "LOCAL_RANK": rank % 2, "WORLD_SIZE": 4, "GROUP_RANK": rank // 2}.items():
+            monkeypatch.setenv(k, str(v))
+        if rank == 1:
+            partial = sorted(p.name for p in (folder / "ALFRED" / "partial").iterdir())
+            assert partial == ["rank2.jsonl", "rank3.jsonl"]
+            assert not (folder / "config.yaml").exists() and not (folder / "ALFRED" / "pred.json").exists()
+            owned = [json.loads(line)["sample_id"] for line in (folder / "ALFRED" / "partial" / "rank3.jsonl").open()]
+            assert len(owned) == 1  # batch 3 of five one-sample batches
+        nodes = run(compose_cfg(*args, f"output_dir={tmp_path}/nodes"), load_adapter=load_once)
+    assert files_of(nodes) == files_of(plain)

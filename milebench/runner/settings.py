@@ -29,8 +29,9 @@ RESOLVED_FIELDS = ("dtype", "prefill")
 RESUMABLE_FIELDS = ("datasets", "limit", "output_dir", "run_name", "on_error", "device", "fidelity")
 
 # Overrides that name a run differently when `run_name` is not given (sweeps over them
-# must not share a folder); keys are matched by prefix.
-NAMING_OVERRIDES = ("method.", "recent_ratio", "budget_tokens", "ratios", "adversarial", "combine_image")
+# must not share a folder): every method field (by prefix) and these top-level fields.
+NAMING_PREFIXES = ("method.",)
+NAMING_FIELDS = ("budget", "recent_ratio", "budget_tokens", "ratios", "adversarial", "combine_image")
 
 
 class RunConfigError(ConfigError):
@@ -145,18 +146,21 @@ def resolve_prefill(prefill: str, device: str) -> str:
 
 def derive_run_name(method_name: str, cfg: DictConfig, overrides: Iterable[str] = ()) -> str:
     """`<method>_b<budget>` (or `_t<tokens>`; the full cache is just `full`) plus every
-    method-affecting command-line override, so each job of a sweep gets its own folder:
-    `csp_b0.2,cross_ratio=0.3`."""
+    result-changing command-line override the head does not already say, so each job of a
+    sweep gets its own folder: `csp_b0.2,cross_ratio=0.3`. With `budget_tokens` the fraction
+    `budget` still sets the recent window's share, so `budget=` then stays in the name."""
+    tokens = cfg.get("budget_tokens")
     if method_name == "full":
         name = "full"
-    elif cfg.get("budget_tokens") is not None:
-        name = f"{method_name}_t{cfg.budget_tokens}"
+    elif tokens is not None:
+        name = f"{method_name}_t{tokens}"
     else:
         name = f"{method_name}_b{cfg.budget:g}"
+    said = {"budget_tokens"} if tokens is not None else {"budget"}
     extra = []
     for item in overrides:
         key, sep, value = item.lstrip("+~").partition("=")
-        if sep and key.startswith(NAMING_OVERRIDES):
+        if sep and key not in said and (key in NAMING_FIELDS or key.startswith(NAMING_PREFIXES)):
             extra.append(f"{key.removeprefix('method.')}={value}")
     name = ",".join([name, *sorted(extra)])
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
