@@ -3,6 +3,7 @@ bad input (each error must name the file, the dataset, the sample id and the fie
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -178,6 +179,30 @@ def test_placeholder_index_beyond_images_path(tmp_path):
     with pytest.raises(DataError, match=r"sample 5, task_instance: field 'context' has placeholder \{table#4\} "
                                         r"but 'images_path' has 3 entries"):
         load_dataset(tmp_path, "WebQA")
+
+
+@pytest.mark.parametrize("context, bad", [
+    ("{image#0}{image#1}{image#2}Which?", "{image#0}"),     # 1-based: 0 names no image
+    ("{image#1}{table#0}Which?", "{table#0}"),
+    ("{image#1}{image#2}{image#3}{image#4}Which?", "{image#4}"),  # three images: #4 is one too far
+])
+def test_out_of_range_placeholder_is_a_data_error_naming_file_sample_field(tmp_path, context, bad):
+    path = write_mc(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["data"][1]["task_instance"]["context"] = context
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=rf"WebQA\.json: dataset WebQA, sample 5, task_instance: field 'context' has "
+                                        rf"placeholder {re.escape(bad)} but 'images_path' has 3 entries"):
+        load_dataset(tmp_path, "WebQA")
+
+
+def test_placeholders_up_to_the_last_image_are_valid(tmp_path):
+    # {image#k} and {table#k} share one 1-based numbering up to len(images_path) inclusive
+    path = write_mc(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["data"][1]["task_instance"]["context"] = "{table#1}{image#2}{table#3}Which?"
+    path.write_text(json.dumps(doc))
+    assert load_dataset(tmp_path, "WebQA").samples[1].context == "{table#1}{image#2}{table#3}Which?"
 
 
 def test_missing_image_file(tmp_path):

@@ -140,9 +140,11 @@ def test_gpr1200_options_are_bare_and_others_lettered():
 
 
 def test_placeholders_replaced_only_up_to_the_image_count():
-    text = "{image#1}{table#2}{image#10}{image#3}"
-    assert replace_placeholders(text, 2, False) == "<ImageHere><ImageHere>{image#10}{image#3}"
-    assert replace_placeholders(text, 2, True) == "<Image 1> <Image 2> {image#10}{image#3}"
+    text = "{image#1}{table#2}{image#10}{image#3}{image#0}"
+    assert replace_placeholders(text, 2, False) == "<ImageHere><ImageHere>{image#10}{image#3}{image#0}"
+    assert replace_placeholders(text, 2, True) == "<Image 1> <Image 2> {image#10}{image#3}{image#0}"
+    # combined-image mode numbers from 1 as MileBench does: the first image is "<Image 1> "
+    assert replace_placeholders("{table#1}", 1, True) == "<Image 1> "
 
 
 def test_combined_image_mode(tokenizer):
