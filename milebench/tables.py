@@ -114,6 +114,8 @@ class RunMeta:
     budget_tokens: int | None = None
     variant: str = ""  # method overrides named in the run folder (e.g. "cross_ratio=0.3")
     run_name: str = ""
+    # settings the saved config holds off the paper's (see `setting_changes`), named or not
+    changes: tuple[str, ...] = ()
 
     @property
     def display(self) -> str:
@@ -137,12 +139,51 @@ class RunMeta:
 
     @property
     def at_paper_setting(self) -> bool:
-        """Paper rows are compared only at the paper's budget and with no extra overrides."""
-        if self.variant:
+        """Paper rows are compared only at the paper's budget and with no extra overrides, in the
+        run name or in its saved config."""
+        if self.variant or self.changes:
             return False
         if self.method == "full":
             return True
         return self.budget_tokens is None and self.budget is not None and math.isclose(self.budget, PAPER_BUDGET)
+
+
+# The paper's setting beyond method and budget, as a saved run config holds it.
+REFERENCE_RUN = {"recent_ratio": 0.1, "budget_tokens": None, "adversarial": False, "combine_image": False}
+REFERENCE_RATIOS = Path(__file__).resolve().parent.parent / "configs" / "ratios" / "reference.yaml"
+BUDGET_FIELDS = ("budget", "recent_ratio", "budget_tokens")
+
+
+@lru_cache(maxsize=None)
+def _method_defaults(method: str) -> dict[str, Any] | None:
+    from csp.engine.method import ConfigError
+    from csp.engine.registry import method_config
+
+    try:
+        node = method_config(method)
+    except ConfigError:
+        return None
+    return {k: v for k, v in node.items() if k != "_target_" and k not in BUDGET_FIELDS}
+
+
+def setting_changes(cfg: dict[str, Any], method: str) -> tuple[str, ...]:
+    """What a saved run config sets off the paper's setting beyond the budget: the recent share,
+    an absolute token budget, adversarial or combined-image inputs, another ratio table, any
+    method field off its default. A run named by hand (`run_name=...`) shows none of these in
+    its folder name, so the saved config is where they are read."""
+    out = []
+    for key, ref in REFERENCE_RUN.items():
+        if key in cfg and cfg[key] != ref and (method != "full" or key not in BUDGET_FIELDS):
+            out.append(f"{key}={cfg[key]}")
+    if method == "full":
+        return tuple(out)
+    ratios = cfg.get("ratios")
+    if isinstance(ratios, dict) and ratios != yaml.safe_load(REFERENCE_RATIOS.read_text(encoding="utf-8")):
+        out.append("ratios")
+    node, defaults = cfg.get("method"), _method_defaults(method)
+    if isinstance(node, dict) and defaults is not None:
+        out += [f"method.{k}={node[k]}" for k in defaults if k in node and node[k] != defaults[k]]
+    return tuple(out)
 
 
 _RUN_NAME = re.compile(r"^(?P<method>.+?)(?:_b(?P<budget>\d*\.?\d+(?:e-?\d+)?)|_t(?P<tokens>\d+))?$")
@@ -182,7 +223,7 @@ def read_run_meta(run_dir: Path | str) -> RunMeta:
     return RunMeta(model=model, method=method,
                    budget=None if method == "full" or budget is None else float(budget),
                    budget_tokens=None if method == "full" or tokens is None else int(tokens),
-                   variant=variant, run_name=run_name)
+                   variant=variant, run_name=run_name, changes=setting_changes(cfg, method) if cfg else ())
 
 
 def _method_from_predictions(run_dir: Path) -> str | None:

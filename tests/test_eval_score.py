@@ -241,3 +241,90 @@ def test_every_registered_method_reaches_the_tables_with_its_own_row(tmp_path):
     # a method with its own budget is not labelled with the shared one its run name carries
     own = {n for n in names if method_info(n).budget_rule == "own" and n != "full"}
     assert own and set(ours[ours["budget"] == "own"]["run"].str.split("_b").str[0]) == own
+
+
+REFERENCE_CSP = {"budget": 0.2, "recent_ratio": 0.1, "budget_tokens": None, "_target_": "csp.cross_self.CrossSelfPruner",
+                 "cross_ratio": None, "bias": None, "combine": "concat", "score_fn": "nsoftmax", "n": 1.0,
+                 "decompose": True, "zero_ratio_quirk": True}
+
+
+def with_method_record(run: Path, method: str) -> None:
+    """The method's name as the runner records it in every prediction's gen_kwargs."""
+    (run / "WebQA" / "pred.json").write_text(json.dumps(
+        [{"sample_id": 0, "pred_response": "a", "gen_kwargs": {"method": {"name": method}}}]))
+
+
+def saved_config(**changes) -> dict:
+    """A run config as the runner saves it for `method=csp model=llava-1.5-7b run_name=mine`."""
+    import yaml as _yaml
+
+    cfg = {"model": {"name": "llava-1.5-7b"}, "method": dict(REFERENCE_CSP), "budget": 0.2, "recent_ratio": 0.1,
+           "budget_tokens": None, "adversarial": False, "combine_image": False, "run_name": "mine",
+           "ratios": _yaml.safe_load((ROOT / "configs" / "ratios" / "reference.yaml").read_text())}
+    for key, value in changes.items():
+        if key.startswith("method_"):
+            cfg["method"][key.removeprefix("method_")] = value
+        elif key == "ratios":
+            cfg["ratios"] = _yaml.safe_load((ROOT / "configs" / "ratios" / f"{value}.yaml").read_text())
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.mark.parametrize("changes, paper", [
+    ({}, True),  # a hand-named run at the paper's setting is compared
+    ({"budget_tokens": 128}, False),
+    ({"recent_ratio": 0.05}, False),
+    ({"method_cross_ratio": 0.3}, False),
+    ({"method_combine": "union"}, False),
+    ({"method_n": 0.0}, False),
+    ({"ratios": "paper-7b"}, False),
+    ({"adversarial": True}, False),
+    ({"combine_image": True}, False),
+])
+def test_a_hand_named_run_off_the_papers_setting_gets_no_paper_row(tmp_path, changes, paper):
+    """run_name=mine hides every override from the folder name: the saved config decides."""
+    res = tmp_path / "results"
+    run = make_run(res, "llava-1.5-7b", "mine", SCORES, config=saved_config(**changes))
+    with_method_record(run, "csp")
+    assert eval_score.main(["--results", str(res)]) == 0
+    assert rows(res / "table1.csv", run="mine", row="paper").empty != paper
+    meta = read_run_meta(res / "llava-1.5-7b" / "mine")
+    assert meta.at_paper_setting == paper and len(meta.changes) == (0 if paper else 1)
+
+
+def test_full_cache_on_adversarial_inputs_gets_no_paper_row(tmp_path):
+    cfg = saved_config(adversarial=True, recent_ratio=0.3)
+    cfg["method"] = {"budget": 1.0, "_target_": "csp.engine.method.FullCache"}
+    run = make_run(tmp_path / "results", "llava-1.5-7b", "full", SCORES, config=cfg)
+    with_method_record(run, "full")
+    assert read_run_meta(run).changes == ("adversarial=True",)  # the budget fields mean nothing to it
+
+
+def test_eval_json_older_than_its_predictions_is_scored_again(tmp_path):
+    """A rerun that rewrote pred.json after scoring (a resumed or merged run) leaves an eval.json
+    that no longer describes it: eval_score --data-dir scores it again; a newer one is kept."""
+    import os
+
+    data, res = tmp_path / "data", tmp_path / "results"
+    doc = {"meta_data": {"dataset": "WebQA", "split": "test", "num_sample": 2, "task_instruction": ["I"],
+                         "question_type": "multi-choice"},
+           "data": [{"sample_id": i, "task_instruction_id": 0, "image_quantity_level": "Few",
+                     "task_instance": {"context": "{image#1}Q", "images_path": ["x.jpg"],
+                                       "choice_list": ["yes", "no"]}, "response": "yes"} for i in range(2)]}
+    (data / "WebQA").mkdir(parents=True)
+    (data / "WebQA" / "WebQA.json").write_text(json.dumps(doc))
+    folder = res / "llava-1.5-7b" / "h2o_b0.2" / "WebQA"
+    folder.mkdir(parents=True)
+    pred, ev = folder / "pred.json", folder / "eval.json"
+    pred.write_text(json.dumps([{"sample_id": 0, "gt_response": "yes", "pred_response": "A. yes"},
+                                {"sample_id": 1, "gt_response": "yes", "pred_response": "A. yes"}]))
+    ev.write_text(json.dumps({"Accuracy": 0.0}))  # stale: written before the predictions below
+    os.utime(ev, (1_000_000, 1_000_000))
+    assert eval_score.main(["--results", str(res), "--data-dir", str(data)]) == 0
+    assert json.loads(ev.read_text())["Accuracy"] == 1.0
+    # an eval.json newer than its predictions is not touched
+    ev.write_text(json.dumps({"Accuracy": 0.25}))
+    os.utime(pred, (1_000_000, 1_000_000))
+    assert eval_score.main(["--results", str(res), "--data-dir", str(data)]) == 0
+    assert json.loads(ev.read_text())["Accuracy"] == 0.25
