@@ -83,11 +83,13 @@ def method_rank(method: str) -> int:
     order = _paper_order()
     return order.get(method_table_label(method) or "", len(order))
 
-# Our model config names -> (paper table, the paper's model label in that table).
+# Our model config names -> (paper table, the paper's model label in that table). The paper's
+# "InternVL-v1.5-7B" row came from InternVL-Chat-ViT-6B-Vicuna-7B (the CSP authors' config names
+# that checkpoint), which is our internvl-chat-1.0; InternVL3 (model=internvl) has no paper row.
 PAPER_MODELS: dict[str, tuple[str, str]] = {
     "llava-1.5-7b": ("table1", "llava-1.5-7b"),
     "llava-1.5-13b": ("table1", "llava-1.5-13b"),
-    "internvl": ("table3", "InternVL-v1.5-7B"),
+    "internvl-chat-1.0": ("table3", "InternVL-v1.5-7B"),
     "mobilevlm-v2-3b": ("table3", "MobileVLM-V2-3B"),
 }
 # Table 3 has one unnamed LOOK-M row; it is compared with this variant (text prior + pivotal
@@ -497,8 +499,8 @@ in a cell: a dataset of that task has no eval.json (listed in the last column).
 
 TABLE3_HEADER = """# Table 3: other architectures, T-2 / T-4 / S-4 / IR (x 100)
 
-`paper` rows: CSP paper Table 3 for internvl (InternVL-v1.5-7B) and mobilevlm-v2-3b
-(MobileVLM-V2-3B) at budget {budget:g}. The paper's single LOOK-M row is compared with our
+`paper` rows: CSP paper Table 3 for internvl-chat-1.0 (the checkpoint behind its "InternVL-v1.5-7B"
+rows) and mobilevlm-v2-3b (MobileVLM-V2-3B) at budget {budget:g}. The paper's single LOOK-M row is compared with our
 `{lookm}` ({lookm_display}) only. S-4 mixes MMCoQA accuracy and ALFRED ROUGE-L (rouge 1.0.1).
 """
 

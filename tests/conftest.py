@@ -32,6 +32,18 @@ def tiny_internvl(tiny_internvl_path: Path) -> ModelAdapter:
     return load_adapter("internvl", str(tiny_internvl_path), dtype="float32", device="cpu", attn_implementation="sdpa")
 
 
+@pytest.fixture(scope="session")
+def tiny_mobilevlm() -> ModelAdapter:
+    """MobileVLM-V2's tiny twin, written in its authors' layout and loaded as the real one is."""
+    return load_adapter("mobilevlm", str(ensure_tiny_model("mobilevlm")), attn_implementation="sdpa")
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl_chat() -> ModelAdapter:
+    """InternVL-Chat-1.0's tiny twin (InternViT tower in its own folder), loaded as the real one is."""
+    return load_adapter("internvl-chat", str(ensure_tiny_model("internvl-chat")), attn_implementation="sdpa")
+
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 

@@ -1,4 +1,5 @@
-"""Every registered method (configs/method/*.yaml) on the tiny LLaVA and the tiny InternVL,
+"""Every registered method (configs/method/*.yaml) on the tiny LLaVA, the tiny InternVL and the
+tiny twins of MobileVLM-V2 and InternVL-Chat-1.0 (loaded from their authors' layout),
 through the engine: it runs, keeping everything reproduces the full cache token for token, and
 a 0.2 budget really shrinks the cache by what the method's `budget_rule` promises. A new method
 is tested here by being registered."""
@@ -31,7 +32,7 @@ def two_prompts(adapter: ModelAdapter):
     return adapter.encode(prompts, images)
 
 
-@pytest.fixture(scope="module", params=["tiny_llava", "tiny_internvl"])
+@pytest.fixture(scope="module", params=["tiny_llava", "tiny_internvl", "tiny_mobilevlm", "tiny_internvl_chat"])
 def model_and_full(request):
     adapter = request.getfixturevalue(request.param)
     inputs = two_prompts(adapter)

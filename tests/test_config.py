@@ -127,7 +127,8 @@ def _never(*args, **kwargs):
     (["dtype=fp8"], r"dtype='fp8'"),
     (["device=tpu"], r"device='tpu'"),
     (["attn_implementation=flash"], r"attn_implementation='flash'"),
-    (["model=mobilevlm-v2-3b"], r"'mobilevlm' \(MobileVLM-V2\) is not supported"),
+    (["model=mobilevlm-v2-3b", "model.encoding=processor"], r"family 'mobilevlm' is encoded as its authors"),
+    (["model=internvl-chat-1.0", "model.chat_template=vicuna"], r"unknown chat_template 'vicuna'"),
     (["model=llava-1.5-7b", "model.path=/nonexistent/llava"], r"model.path='/nonexistent/llava' does not exist"),
 ])
 def test_invalid_config_fails_before_the_model_loads(tmp_path, overrides, message):

@@ -71,8 +71,8 @@ def results(tmp_path):
     make_run(res, "llava-1.5-7b", "csp_b0.1", SCORES)
     make_run(res, "llava-1.5-7b", "full", SCORES)
     t3 = {d: SCORES[d] for g in ("T-2", "T-4", "S-4", "IR") for d in (x.name for x in catalog.in_group(g))}
-    make_run(res, "internvl", "lookm-tp-p_b0.2", t3)
-    make_run(res, "internvl", "lookm-a_b0.2", t3)
+    make_run(res, "internvl-chat-1.0", "lookm-tp-p_b0.2", t3)
+    make_run(res, "internvl-chat-1.0", "lookm-a_b0.2", t3)
     assert eval_score.main(["--results", str(res)]) == 0
     return res
 
@@ -128,15 +128,28 @@ def test_missing_dataset_is_named_not_averaged(results):
 
 def test_table3_and_its_lookm_variant(results):
     t3 = results / "table3.csv"
-    ours = rows(t3, model="internvl", run="lookm-tp-p_b0.2", row="ours").iloc[0]
+    ours = rows(t3, model="internvl-chat-1.0", run="lookm-tp-p_b0.2", row="ours").iloc[0]
     assert ours["T-2"] == pytest.approx(65.0) and ours["IR"] == pytest.approx(5.0)
-    paper = rows(t3, model="internvl", run="lookm-tp-p_b0.2", row="paper").iloc[0]
+    paper = rows(t3, model="internvl-chat-1.0", run="lookm-tp-p_b0.2", row="paper").iloc[0]
     assert (paper["T-2"], paper["T-4"], paper["S-4"], paper["IR"]) == (22.0, 19.6, 22.9, 0.5)
-    assert rows(t3, model="internvl", run="lookm-a_b0.2", row="paper").empty
+    assert rows(t3, model="internvl-chat-1.0", run="lookm-a_b0.2", row="paper").empty
     assert isinstance(ours["missing"], float) and math.isnan(ours["missing"])  # none missing
     # llava runs sit in table 3 too, with no paper row (Table 3 has no LLaVA block)
     assert rows(t3, model="llava-1.5-7b", row="paper").empty
     assert "InternVL-v1.5-7B" in (results / "table3.md").read_text()
+
+
+def test_table3_rows_of_mobilevlm_and_not_of_internvl3(tmp_path):
+    """MobileVLM-V2-3B's CSP row beside ours; InternVL3 (model=internvl) is not the paper's InternVL."""
+    res = tmp_path / "results"
+    t3 = {d: SCORES[d] for g in ("T-2", "T-4", "S-4", "IR") for d in (x.name for x in catalog.in_group(g))}
+    make_run(res, "mobilevlm-v2-3b", "csp_b0.2", t3)
+    make_run(res, "internvl3-8b", "csp_b0.2", t3)
+    assert eval_score.main(["--results", str(res)]) == 0
+    mobile = rows(res / "table3.csv", model="mobilevlm-v2-3b", row="paper").iloc[0]
+    assert (mobile["T-2"], mobile["T-4"], mobile["S-4"], mobile["IR"]) == (47.3, 39.0, 33.1, 5.3)
+    assert rows(res / "table3.csv", model="internvl3-8b", row="paper").empty
+    assert not rows(res / "table3.csv", model="internvl3-8b", row="ours").empty
 
 
 def test_eval_score_csv_has_every_dataset_and_run(results):
@@ -199,7 +212,7 @@ def test_scores_predictions_first_with_data_dir(tmp_path):
 
 
 def test_table1_names_whole_missing_groups(results):
-    lookm = rows(results / "table1.csv", model="internvl", run="lookm-a_b0.2", row="ours").iloc[0]
+    lookm = rows(results / "table1.csv", model="internvl-chat-1.0", run="lookm-a_b0.2", row="ours").iloc[0]
     assert lookm["missing"] == "T-1 (all), T-3 (all), S-1 (all), S-2 (all), S-3 (all), nuscenes, NH (all)"
     assert math.isnan(lookm["T-1"]) and lookm["T-2"] == pytest.approx(65.0)
 

@@ -228,10 +228,32 @@ def test_config_files_resolve_to_working_adapters(tiny_llava_path: Path):
         adapter_from_config(wrong)
 
 
-def test_mobilevlm_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="'mobilevlm-v2-3b'.*not supported: transformers has no native MobileVLM"):
-        adapter_from_config(model_config("mobilevlm-v2-3b"))
-    with pytest.raises(ValueError, match="no native MobileVLM class"):
+@pytest.mark.parametrize("name", ["tiny-mobilevlm", "tiny-internvl-chat"])
+def test_authors_layout_twins_resolve_from_their_configs(name):
+    cfg = model_config(name)
+    adapter = adapter_from_config(cfg)
+    assert (adapter.family, adapter.tokens_per_image, adapter.chat_template, adapter.encoding) == (
+        cfg["family"], cfg["tokens_per_image"], cfg["chat_template"], "llava")
+
+
+def test_the_papers_table3_models_are_configured_as_the_authors_ran_them():
+    mobile, chat = model_config("mobilevlm-v2-3b"), model_config("internvl-chat-1.0")
+    assert (mobile["path"], mobile["max_context_len"], mobile["tokens_per_image"], mobile["chat_template"]) == (
+        "mtgv/MobileVLM_V2-3B", 2048, 144, "vicuna_v1")
+    assert (chat["path"], chat["max_context_len"], chat["tokens_per_image"], chat["chat_template"]) == (
+        "OpenGVLab/InternVL-Chat-ViT-6B-Vicuna-7B", 4096, 576, "internlm2_chat")
+    for cfg in (mobile, chat):
+        check_model_config(cfg)  # a hub id passes the offline checks; loading needs the weights
+
+
+def test_an_unreachable_authors_checkpoint_says_so(monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, **kw):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(OSError, match="cannot load checkpoint 'mtgv/MobileVLM_V2-3B': neither a local folder nor"):
         load_adapter("mobilevlm", "mtgv/MobileVLM_V2-3B")
 
 

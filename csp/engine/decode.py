@@ -166,7 +166,9 @@ def greedy_generate(
     alone) with `method` pruning the prompt's cache.
 
     Each sample stops at its first EOS (not included in its tokens), after at least
-    `min_new_tokens` and at most `max_new_tokens` tokens.
+    `min_new_tokens` and at most `max_new_tokens` tokens, or once its decoded text holds one of
+    the adapter's `stop_strings` (the token that completes it is kept, as the authors' keyword
+    stopping criterion keeps it).
     """
     if max_new_tokens < 1 or min_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1 and min_new_tokens={min_new_tokens} >= 0")
@@ -176,11 +178,14 @@ def greedy_generate(
         batch = logits.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
         tokens: list[list[int]] = [[] for _ in range(batch)]
+        stop = tuple(getattr(adapter, "stop_strings", ()))
         for step in range(max_new_tokens):
             nxt = greedy_pick(logits, eos, allow_eos=step >= min_new_tokens)
             finished |= torch.isin(nxt, eos)
             for b in (~finished).nonzero().squeeze(-1).tolist():
                 tokens[b].append(int(nxt[b]))
+                if stop and step + 1 >= min_new_tokens and any(s in adapter.decode(tokens[b]) for s in stop):
+                    finished[b] = True
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             logits = dec.step(nxt.masked_fill(finished, adapter.pad_token_id))

@@ -27,6 +27,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from csp.models.authors_llava import AuthorsLlavaForConditionalGeneration, load_authors_llava
 from csp.models.llava_encoding import ENCODINGS, expand_image_tokens, follow_sentencepiece, left_pad, llava_input_ids
 
 # LLaVA's Llama-2 system prompt; the tiny model's jinja template (csp/models/tiny.py) is built
@@ -37,11 +38,31 @@ LLAVA_SYSTEM_PROMPT = (
     "language."
 )
 
-# Conversation templates keyed by name; each has exactly one ``{prompt}`` field.
-# BOS is not part of a template: the tokenizer adds it, as Llama tokenizers do.
+# Vicuna v1's system line (LLaVA's and MobileVLM's `conv_vicuna_v1`)
+VICUNA_SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the user's questions."
+)
+INTERNLM2_SYSTEM_PROMPT = "You are an AI assistant whose name is InternLM (书生·浦语)."
+
+# Conversation templates keyed by name, as the authors' conversation code renders one user turn
+# and an open assistant turn; each has exactly one ``{prompt}`` field. BOS is not part of a
+# template: the tokenizer adds it, as Llama tokenizers do.
+#   llava_llama_2   LLaVA-1.5 in the CSP authors' runs (Llama-2 style, LLaVA's system prompt)
+#   vicuna_v1       MobileVLM-V2's `v1` (SeparatorStyle.TWO: system, " ", "USER: ...", " ", "ASSISTANT:")
+#   internlm2_chat  the `internlm2-chat` template the CSP authors ran InternVL-Chat-1.0 with
+#                   (SeparatorStyle.MPT: ChatML turns, no newline after <|im_end|>)
 CHAT_TEMPLATES: dict[str, str] = {
     "llava_llama_2": "[INST] <<SYS>>\n" + LLAVA_SYSTEM_PROMPT + "\n<</SYS>>\n\n{prompt} [/INST]",
+    "vicuna_v1": VICUNA_SYSTEM_PROMPT + " USER: {prompt} ASSISTANT:",
+    "internlm2_chat": "<|im_start|>system\n" + INTERNLM2_SYSTEM_PROMPT + "<|im_end|><|im_start|>user\n{prompt}"
+                      "<|im_end|><|im_start|>assistant\n",
 }
+# Stop words the authors' KeywordsStoppingCriteria watched for, beyond the EOS token: the
+# template's separator. Vicuna's is EOS itself ("</s>"); internlm2-chat's "<|im_end|>" is several
+# tokens of a Llama vocabulary, so decoding watches the text. As in their code, generation stops
+# once the text holds it and the answer keeps what was generated.
+STOP_STRINGS: dict[str, tuple[str, ...]] = {"internlm2_chat": ("<|im_end|>",)}
 PROCESSOR_TEMPLATE = "processor"  # use the checkpoint's own jinja chat template
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
@@ -49,13 +70,6 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 # their valid names from here, plus "auto" where they resolve one by device.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-MOBILEVLM_REFUSAL = (
-    "model family 'mobilevlm' (MobileVLM-V2) is not supported: transformers has no native "
-    "MobileVLM class, its checkpoints only run through the authors' own modeling code "
-    "(custom LDP projector, remote code), and this harness loads models exclusively through "
-    "transformers' native classes so that the pruning hooks see the same attention modules "
-    "for every family. Use family 'llava' or 'internvl'."
-)
 
 
 class ImageOnlyInternVLProcessor(InternVLProcessor):
@@ -91,14 +105,21 @@ class ImageOnlyInternVLProcessor(InternVLProcessor):
 class _Family:
     model_class: type[PreTrainedModel]
     default_template: str
+    # transformers-native checkpoints load with model_class.from_pretrained; the LLaVA-recipe
+    # checkpoints in their authors' layout through csp.models.authors_llava
+    authors_layout: bool = False
 
 
 FAMILIES: dict[str, _Family] = {
     "llava": _Family(LlavaForConditionalGeneration, "llava_llama_2"),
     "internvl": _Family(InternVLForConditionalGeneration, PROCESSOR_TEMPLATE),
+    "mobilevlm": _Family(AuthorsLlavaForConditionalGeneration, "vicuna_v1", authors_layout=True),
+    "internvl-chat": _Family(AuthorsLlavaForConditionalGeneration, "internlm2_chat", authors_layout=True),
 }
-FAMILY_BY_MODEL_TYPE = {"llava": "llava", "internvl": "internvl"}
-DEFAULT_IMAGE_TOKENS = {"llava": "<image>", "internvl": "<IMG_CONTEXT>"}
+FAMILY_BY_MODEL_TYPE = {"llava": "llava", "internvl": "internvl"}  # llava_authors: its config's source_family
+DEFAULT_IMAGE_TOKENS = {"llava": "<image>", "internvl": "<IMG_CONTEXT>", "mobilevlm": "<image>", "internvl-chat": "<image>"}
+# families whose prompts LLaVA's own encoding (text chunks between images tokenized apart) fits
+LLAVA_RECIPE = ("llava", "mobilevlm", "internvl-chat")
 
 
 @dataclass
@@ -117,6 +138,8 @@ class ModelAdapter:
     # "processor": the checkpoint's processor tokenizes the whole prompt and expands images;
     # "llava": LLaVA's original encoding (csp/models/llava_encoding.py), llava family only.
     encoding: str = "processor"
+    # text that ends generation beyond the EOS ids (the template's separator, STOP_STRINGS)
+    stop_strings: tuple[str, ...] = ()
     _images_kwargs: dict = field(default_factory=dict, repr=False)
 
     def attention_modules(self) -> list[torch.nn.Module]:
@@ -205,14 +228,14 @@ class ModelAdapter:
         follows SentencePiece's dummy-prefix rule (see csp/models/llava_encoding.py), so prompt
         encoding and MileBench's truncation count tokens as LLaVA's tokenizer does."""
         config = model.config
-        family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
+        family = FAMILY_BY_MODEL_TYPE.get(config.model_type) or getattr(config, "source_family", None) or None
         if family is None:
             raise ValueError(
                 f"unsupported model type {config.model_type!r}; supported families: {sorted(FAMILIES)}"
             )
         template = chat_template or FAMILIES[family].default_template
         check_template_name(template)
-        encoding = encoding or "processor"
+        encoding = encoding or ("llava" if FAMILIES[family].authors_layout else "processor")
         check_encoding(family, encoding)
         if encoding == "llava" and processor is not None:
             processor = copy.copy(processor)
@@ -234,6 +257,7 @@ class ModelAdapter:
         tokens_per_image = _tokens_per_image(family, config)
         eos, pad = _special_ids(model, processor)
         images_kwargs = {"crop_to_patches": False} if family == "internvl" else {}
+        stop = STOP_STRINGS.get(template, ()) if template != PROCESSOR_TEMPLATE else ()
         return cls(
             family=family,
             model=model,
@@ -245,6 +269,7 @@ class ModelAdapter:
             tokens_per_image=tokens_per_image,
             chat_template=template,
             encoding=encoding,
+            stop_strings=stop,
             _images_kwargs=images_kwargs,
         )
 
@@ -259,6 +284,8 @@ def language_model(model: PreTrainedModel) -> torch.nn.Module:
 
 
 def _tokens_per_image(family: str, config) -> int:
+    if FAMILIES[family].authors_layout:
+        return int(config.image_seq_length)  # set from the projector (LDPv2's pooled grid) at load
     vision = config.vision_config
     if family == "llava":
         image_size, patch = int(vision.image_size), int(vision.patch_size)
@@ -313,8 +340,10 @@ def _special_ids(model: PreTrainedModel, processor: ProcessorMixin | None) -> tu
 def check_encoding(family: str, encoding: str) -> None:
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding={encoding!r} is unknown; expected one of {list(ENCODINGS)}")
-    if encoding == "llava" and family != "llava":
+    if encoding == "llava" and family not in LLAVA_RECIPE:
         raise ValueError(f"encoding='llava' is LLaVA's own prompt encoding; family {family!r} needs 'processor'")
+    if encoding == "processor" and family in LLAVA_RECIPE and FAMILIES[family].authors_layout:
+        raise ValueError(f"family {family!r} is encoded as its authors' LLaVA code does: encoding must be 'llava'")
 
 
 def check_template_name(name: str) -> None:
@@ -329,10 +358,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def check_load_args(family: str, dtype: str, device: str, attn_implementation: str) -> None:
     """Every check that needs no model: bad configuration fails before anything is loaded."""
-    if family in ("mobilevlm", "mobilevlm_v2", "mobilevlm-v2"):
-        raise ValueError(MOBILEVLM_REFUSAL)
     if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; supported: {sorted(FAMILIES)} (mobilevlm is refused)")
+        raise ValueError(f"unknown model family {family!r}; supported: {sorted(FAMILIES)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is unknown; expected one of {sorted(DTYPES)}")
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
@@ -412,13 +439,18 @@ def load_adapter(
         check_template_name(chat_template)
     if encoding is not None:
         check_encoding(family, encoding)
-    try:
-        processor = _load_processor(family, path)
-        model = FAMILIES[family].model_class.from_pretrained(
-            path, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-        )
-    except OSError as err:
-        raise OSError(f"cannot load model {path!r}: neither a saved local checkpoint nor a reachable hub id ({err})") from err
+    if FAMILIES[family].authors_layout:
+        model, processor = load_authors_llava(family, path, DTYPES[dtype])
+        model.set_attn_implementation(attn_implementation)
+        encoding = encoding or "llava"
+    else:
+        try:
+            processor = _load_processor(family, path)
+            model = FAMILIES[family].model_class.from_pretrained(
+                path, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+            )
+        except OSError as err:
+            raise OSError(f"cannot load model {path!r}: neither a saved local checkpoint nor a reachable hub id ({err})") from err
     _ensure_square_padding(family, processor, path)
     processor.tokenizer.padding_side = "left"
     model = model.to(device).eval()

@@ -37,10 +37,11 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from csp.models.adapters import LLAVA_SYSTEM_PROMPT, ImageOnlyInternVLProcessor, llava_image_processor_class
+from csp.models.tiny_authors import WRITERS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "models"
-FAMILIES = ("llava", "internvl")
+FAMILIES = ("llava", "internvl", "mobilevlm", "internvl-chat")
 # Bump when the recipe changes so stale folders under models/ are rebuilt, not reused.
 RECIPE_VERSION = 2
 RECIPE_FILE = "tiny_recipe.json"
@@ -134,9 +135,10 @@ def _train_bpe(special_tokens: list[str]) -> Tokenizer:
     return tok
 
 
-def build_llava_tokenizer() -> PreTrainedTokenizerFast:
-    """A Llama-like tokenizer: BOS prepended at encode time, ``<image>`` a special token."""
-    tok = _train_bpe(["<unk>", "<s>", "</s>", "<pad>", "<image>"])
+def build_llava_tokenizer(image_token: bool = True) -> PreTrainedTokenizerFast:
+    """A Llama-like tokenizer: BOS prepended at encode time, ``<image>`` a special token (or, as
+    in the authors' LLaVA-recipe checkpoints, no ``<image>`` at all)."""
+    tok = _train_bpe(["<unk>", "<s>", "</s>", "<pad>", *(["<image>"] if image_token else [])])
     bos_id = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
@@ -148,7 +150,7 @@ def build_llava_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>",
         pad_token="<pad>",
         padding_side="left",
-        model_specific_special_tokens={"image_token": "<image>"},
+        **({"model_specific_special_tokens": {"image_token": "<image>"}} if image_token else {}),
     )
 
 
@@ -333,15 +335,18 @@ def build_tiny_model(family: str, out: Path, seed: int = 0) -> Path:
     Concurrent builders (parallel test workers) race on the final rename; the loser drops its
     copy and uses the winner's, which is bit-identical anyway.
     """
-    if family not in BUILDERS:
+    if family not in BUILDERS and family not in WRITERS:
         raise ValueError(f"unknown tiny model family {family!r}; expected one of {FAMILIES}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
     try:
-        model, processor = BUILDERS[family](seed)
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        if family in WRITERS:  # the authors' own layout, not save_pretrained's
+            WRITERS[family](tmp, seed)
+        else:
+            model, processor = BUILDERS[family](seed)
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
         (tmp / RECIPE_FILE).write_text(json.dumps(_recipe(family, seed), sort_keys=True) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
         if out.exists() and not _is_current(out, family, seed):
