@@ -49,6 +49,7 @@ EXTRA = "tests/test_baselines_extra.py"
 NAMES, DIST, DEFAULTS = "tests/test_run_names.py", "tests/test_dist.py", "tests/test_method_defaults.py"
 DATA, PROMPT, TABLES = "tests/test_milebench_data.py", "tests/test_prompt.py", "tests/test_eval_score.py"
 PROMISES = "tests/test_generator_promises.py"
+AUTHORS = "tests/test_authors_models.py"
 
 MUTANTS: list[Mutant] = [
     # engine and methods
@@ -293,6 +294,31 @@ MUTANTS: list[Mutant] = [
            "n = (3, 5, 11, 8, 4)[i % 5]", (PROMISES,)),
     Mutant("synthetic-alfred-no-reused-frame", "milebench/synthetic.py", "f = min((s - 1) // 2, len(frames) - 1)",
            "f = min(s - 1, len(frames) - 1)", (PROMISES,)),
+    # MobileVLM-V2 and InternVL-Chat-1.0 from their authors' layout
+    Mutant("ldp-no-positional-residual", "csp/models/ldp.py", "grid = self.peg(grid) + grid", "grid = self.peg(grid)",
+           (AUTHORS,)),
+    Mutant("ldp-max-pool", "csp/models/ldp.py", "self.pool = nn.AdaptiveAvgPool2d((grid, grid))",
+           "self.pool = nn.AdaptiveMaxPool2d((grid, grid))", (AUTHORS,)),
+    Mutant("ldp-linears-swapped", "csp/models/authors_llava.py",
+           '("model.mm_projector.mlp.mlp.0.", "linear_1."), ("model.mm_projector.mlp.mlp.2.", "linear_2."),',
+           '("model.mm_projector.mlp.mlp.0.", "linear_2."), ("model.mm_projector.mlp.mlp.2.", "linear_1."),',
+           (AUTHORS,)),
+    Mutant("internvit-qkv-order", "csp/models/authors_llava.py", 'zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0))',
+           'zip(("k_proj", "q_proj", "v_proj"), value.chunk(3, dim=0))', (AUTHORS,)),
+    Mutant("internvit-position-bilinear", "csp/models/authors_llava.py",
+           'grid_map = F.interpolate(grid_map, size=(grid, grid), mode="bicubic", align_corners=False)',
+           'grid_map = F.interpolate(grid_map, size=(grid, grid), mode="bilinear", align_corners=False)', (AUTHORS,)),
+    Mutant("internvit-layer-scales-swapped", "csp/models/authors_llava.py",
+           'out[base + ("lambda_1" if rest == "ls1" else "lambda_2")] = value',
+           'out[base + ("lambda_2" if rest == "ls1" else "lambda_1")] = value', (AUTHORS,)),
+    Mutant("authors-select-layer-ignored", "csp/models/authors_llava.py",
+           'vision_feature_layer=int(raw["mm_vision_select_layer"]),', "vision_feature_layer=-1,", (AUTHORS,)),
+    Mutant("authors-no-square-padding", "csp/models/authors_llava.py",
+           'pad = raw.get("image_aspect_ratio") == "pad"', "pad = False", (AUTHORS,)),
+    Mutant("template-vicuna-trailing-space", "csp/models/adapters.py", '" USER: {prompt} ASSISTANT:",',
+           '" USER: {prompt} ASSISTANT: ",', (AUTHORS,)),
+    Mutant("stop-string-ignored", "csp/engine/decode.py", 'stop = tuple(getattr(adapter, "stop_strings", ()))',
+           "stop = ()", (AUTHORS,)),
     # end of runner and scoring
 ]
 

@@ -222,15 +222,20 @@ def test_a_checkpoint_missing_or_adding_a_weight_is_refused(tmp_path) -> None:
             load_adapter("mobilevlm", str(folder))
 
 
-def test_a_config_without_llava_fields_names_the_field(tmp_path) -> None:
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw.pop("mm_projector_type"), "config.json: field 'mm_projector_type' is missing"),
+    (lambda raw: raw.update(mm_use_im_start_end=True), "mm_use_im_start_end is true"),
+    (lambda raw: raw.update(mm_projector_type="ldpnet"), "mm_projector_type 'ldpnet' is not one of"),
+])
+def test_a_config_this_loader_does_not_reproduce_names_the_field(tmp_path, edit, message) -> None:
     import shutil
 
     folder = tmp_path / "ckpt"
     shutil.copytree(ensure_tiny_model("mobilevlm"), folder)
     raw = json.loads((folder / "config.json").read_text())
-    del raw["mm_projector_type"]
+    edit(raw)
     (folder / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(ValueError, match="config.json: field 'mm_projector_type' is missing"):
+    with pytest.raises(ValueError, match=message):
         load_adapter("mobilevlm", str(folder))
 
 

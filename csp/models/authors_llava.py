@@ -226,6 +226,9 @@ def read_config(folder: Path) -> dict:
     for key in ("mm_vision_tower", "mm_projector_type", "mm_hidden_size", "mm_vision_select_layer"):
         if key not in raw:
             raise ValueError(f"{path}: field {key!r} is missing; not a LLaVA-recipe checkpoint in its authors' layout")
+    if raw.get("mm_use_im_start_end"):
+        raise ValueError(f"{path}: mm_use_im_start_end is true; images wrapped in <im_start>/<im_end> tokens are "
+                         "not reproduced here (neither Table 3 checkpoint uses them)")
     if raw["mm_projector_type"] not in PROJECTORS:
         raise ValueError(f"{path}: mm_projector_type {raw['mm_projector_type']!r} is not one of {PROJECTORS}")
     return raw
