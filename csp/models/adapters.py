@@ -71,7 +71,6 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-
 class ImageOnlyInternVLProcessor(InternVLProcessor):
     """InternVLProcessor without the video processor.
 
@@ -136,7 +135,7 @@ class ModelAdapter:
     tokens_per_image: int  # image_token_id positions per image after expansion
     chat_template: str  # a key of CHAT_TEMPLATES, or "processor"
     # "processor": the checkpoint's processor tokenizes the whole prompt and expands images;
-    # "llava": LLaVA's original encoding (csp/models/llava_encoding.py), llava family only.
+    # "llava": LLaVA's original encoding (csp/models/llava_encoding.py), LLaVA-recipe families only.
     encoding: str = "processor"
     # text that ends generation beyond the EOS ids (the template's separator, STOP_STRINGS)
     stop_strings: tuple[str, ...] = ()
@@ -342,7 +341,7 @@ def check_encoding(family: str, encoding: str) -> None:
         raise ValueError(f"encoding={encoding!r} is unknown; expected one of {list(ENCODINGS)}")
     if encoding == "llava" and family not in LLAVA_RECIPE:
         raise ValueError(f"encoding='llava' is LLaVA's own prompt encoding; family {family!r} needs 'processor'")
-    if encoding == "processor" and family in LLAVA_RECIPE and FAMILIES[family].authors_layout:
+    if encoding == "processor" and family in FAMILIES and FAMILIES[family].authors_layout:
         raise ValueError(f"family {family!r} is encoded as its authors' LLaVA code does: encoding must be 'llava'")
 
 
@@ -442,7 +441,6 @@ def load_adapter(
     if FAMILIES[family].authors_layout:
         model, processor = load_authors_llava(family, path, DTYPES[dtype])
         model.set_attn_implementation(attn_implementation)
-        encoding = encoding or "llava"
     else:
         try:
             processor = _load_processor(family, path)

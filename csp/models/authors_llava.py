@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,7 +276,7 @@ def internvit_config(folder: Path, image_size: int) -> InternVLVisionConfig:
         layer_scale_init_value=raw.get("initializer_factor", 0.1), use_mean_pooling=True)  # no final norm
 
 
-def image_processor_for(family: str, raw: dict, tower: Path, tower_name: str, image_size: int):
+def image_processor_for(family: str, raw: dict, tower: Path, image_size: int):
     """As the authors' code makes it: MobileVLM reads the CLIP tower's own processor config,
     InternViT's LLaVA-recipe code builds one with ImageNet statistics; `image_aspect_ratio: pad`
     pads every picture to a square in the mean colour first (LLaVA's expand2square)."""
@@ -330,13 +330,18 @@ def load_authors_llava(family: str, path: str, dtype: torch.dtype = torch.float3
     if unmapped:
         raise KeyError(f"{folder}: {len(unmapped)} weights have no counterpart, e.g. {unmapped[:3]}")
     config = build_config(family, raw, vision, image_token_id)
-    model = AuthorsLlavaForConditionalGeneration(config).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: a 7B decoder in float32 first would double the memory
+    try:
+        model = AuthorsLlavaForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
     load_exactly(model, state, folder)
     if image_token_id >= model.get_input_embeddings().num_embeddings:
         extend_input_embeddings(model, image_token_id + 1)
     model.config.text_config.pad_token_id = tokenizer.pad_token_id
     processor = LlavaProcessor(
-        image_processor=image_processor_for(family, raw, tower, tower_name, image_size), tokenizer=tokenizer,
+        image_processor=image_processor_for(family, raw, tower, image_size), tokenizer=tokenizer,
         patch_size=int(vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]),
         vision_feature_select_strategy=config.vision_feature_select_strategy, image_token=IMAGE_TOKEN)
     return model.eval(), processor
@@ -376,5 +381,3 @@ def _non_persistent(model: torch.nn.Module, key: str) -> bool:
     module = model.get_submodule(module_name) if module_name else model
     return buffer in getattr(module, "_non_persistent_buffers_set", set())
 
-
-LOADERS: dict[str, Callable[..., tuple]] = {name: (lambda p, d, n=name: load_authors_llava(n, p, d)) for name in FAMILIES}
