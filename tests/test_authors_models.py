@@ -222,6 +222,25 @@ def test_a_checkpoint_missing_or_adding_a_weight_is_refused(tmp_path) -> None:
             load_adapter("mobilevlm", str(folder))
 
 
+def test_internvit_comes_from_its_own_folder_even_when_the_checkpoint_holds_one(tmp_path) -> None:
+    """The authors' loader replaces the tower from mm_vision_tower: tower weights saved inside the
+    chat checkpoint are skipped, and `vision_tower` names the folder instead of the config."""
+    import shutil
+
+    src = ensure_tiny_model("internvl-chat")
+    folder, elsewhere = tmp_path / "ckpt", tmp_path / "InternViT-tiny"
+    shutil.copytree(src, folder)
+    shutil.move(str(folder / "vision_tower"), str(elsewhere))
+    state = load_file(str(folder / "model.safetensors"))
+    state["model.vision_tower.vision_tower.embeddings.class_embedding"] = torch.full((1, 1, 32), 7.0)
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(OSError, match="cannot load vision tower 'vision_tower'"):
+        load_adapter("internvl-chat", str(folder))
+    adapter = load_adapter("internvl-chat", str(folder), vision_tower=str(elsewhere))
+    tower = load_file(str(elsewhere / "model.safetensors"))
+    assert torch.equal(adapter.model.model.vision_tower.embeddings.cls_token, tower["embeddings.class_embedding"])
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda raw: raw.pop("mm_projector_type"), "config.json: field 'mm_projector_type' is missing"),
     (lambda raw: raw.update(mm_use_im_start_end=True), "mm_use_im_start_end is true"),

@@ -429,8 +429,11 @@ def load_adapter(
     attn_implementation: str = "sdpa",
     chat_template: str | None = None,
     encoding: str | None = None,
+    vision_tower: str | None = None,
 ) -> ModelAdapter:
-    """Load a checkpoint (local folder or hub id) of ``family`` with its processor."""
+    """Load a checkpoint (local folder or hub id) of ``family`` with its processor.
+    ``vision_tower``: for the authors'-layout families, the vision tower's folder or hub id
+    instead of the one the checkpoint's config names."""
     path = str(path)
     check_load_args(family, dtype, device, attn_implementation)
     check_path(path)
@@ -439,7 +442,7 @@ def load_adapter(
     if encoding is not None:
         check_encoding(family, encoding)
     if FAMILIES[family].authors_layout:
-        model, processor = load_authors_llava(family, path, DTYPES[dtype])
+        model, processor = load_authors_llava(family, path, DTYPES[dtype], vision_tower)
         model.set_attn_implementation(attn_implementation)
     else:
         try:

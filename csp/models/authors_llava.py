@@ -29,8 +29,13 @@ Key map, the authors' names -> ours:
 
 `mm_vision_tower` names the vision tower as the authors' code does (a hub id or a path); a
 relative path is looked up inside the checkpoint folder first (the tiny twins keep theirs
-there). The LDPv2 grid is 12 in the authors' code; a checkpoint may set `ldp_grid` (our
-addition, for the tiny twin's small patch grid).
+there), and `vision_tower` overrides it (InternVL-Chat-1.0 was trained with
+`./pretrained/InternViT-6B-224px`, relative to its authors' working directory). As in the
+authors' loader, an InternViT tower always comes from that folder: tower weights saved inside
+the chat checkpoint (`model.vision_tower.vision_tower.*`) are replaced, so they are skipped.
+The LDPv2 grid is 12 in the authors' code; a checkpoint may set `ldp_grid` (our addition,
+for the tiny twin's small patch grid). InternViT runs at 336 px (448 when the tower's name says
+so), as their image-processor code decides; `image_size` in config.json (ours) overrides.
 """
 from __future__ import annotations
 
@@ -299,15 +304,17 @@ def with_image_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
-def load_authors_llava(family: str, path: str, dtype: torch.dtype = torch.float32
+def load_authors_llava(family: str, path: str, dtype: torch.dtype = torch.float32, vision_tower: str | None = None
                        ) -> tuple[AuthorsLlavaForConditionalGeneration, LlavaProcessor]:
-    """Model and processor of a MobileVLM-V2 or InternVL-Chat-1.0 checkpoint folder (or hub id)."""
+    """Model and processor of a MobileVLM-V2 or InternVL-Chat-1.0 checkpoint folder (or hub id);
+    `vision_tower` (a folder or hub id) instead of the checkpoint's `mm_vision_tower`."""
     if family not in FAMILIES:
         raise ValueError(f"unknown authors' LLaVA family {family!r}; expected one of {sorted(FAMILIES)}")
     folder = resolve_folder(path)
     raw = read_config(folder)
-    tower_name = str(raw["mm_vision_tower"])
+    tower_name = str(vision_tower or raw["mm_vision_tower"])
     tower = vision_folder(folder, tower_name)
+    internvit = FAMILIES[family].vision == "internvit"
     # the decoder's config given, so that the tokenizer's loader does not read config.json's
     # model_type (mobilevlm, llava), which transformers does not know
     tokenizer = with_image_token(AutoTokenizer.from_pretrained(str(folder), config=text_config(raw)))
@@ -315,12 +322,14 @@ def load_authors_llava(family: str, path: str, dtype: torch.dtype = torch.float3
     state = {}
     unmapped = []
     for key, value in read_weights(folder).items():
+        if internvit and key.startswith("model.vision_tower.vision_tower."):
+            continue  # replaced by the tower's own folder, as the authors' loader replaces it
         new = rename_language_and_projector(key) or rename_clip_tower(key)
         if new is None:
             unmapped.append(key)
         else:
             state[new] = value
-    if FAMILIES[family].vision == "clip":
+    if not internvit:
         vision = CLIPVisionConfig.from_pretrained(str(tower))
         image_size = int(vision.image_size)
     else:

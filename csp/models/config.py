@@ -53,6 +53,8 @@ def check_model_config(
             if not path:
                 raise ValueError("field 'path' is empty and no 'tiny' family is given")
             check_path(str(path))
+        if cfg_model.get("vision_tower"):
+            check_path(str(cfg_model["vision_tower"]))
     except (ValueError, FileNotFoundError) as err:
         raise type(err)(f"model config {name!r}: {err}") from None
 
@@ -85,6 +87,7 @@ def adapter_from_config(
         attn_implementation=attn_implementation,
         chat_template=cfg_model.get("chat_template"),
         encoding=cfg_model.get("encoding"),
+        vision_tower=cfg_model.get("vision_tower"),
     )
     expected = cfg_model.get("tokens_per_image")
     if expected is not None and int(expected) != adapter.tokens_per_image:
