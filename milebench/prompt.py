@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from milebench import catalog
-from milebench.data import COMBINED_DIR, IMAGES_DIR, DataError, Sample
+from milebench.data import COMBINED_DIR, IMAGES_DIR, DataError, DatasetFile, Sample
 
 MARKER = "<ImageHere>"
 
@@ -130,3 +130,25 @@ def build_prompt(
     if dataset_root is not None:
         kept = [str(Path(dataset_root) / folder / p) for p in kept]
     return BuiltPrompt(text=template.format(prompt=model_text), question=question, images=kept)
+
+
+def prepare_sample(adapter: Any, sample: Sample, dataset: DatasetFile, max_context_len: int,
+                   combine_image: bool = False) -> tuple[Any, list]:
+    """MileBench's prompt for `sample` (truncated, markers turned into the model's image token,
+    no chat template yet) and its kept images, opened. The chat template is applied by
+    `adapter.format_prompt` at encoding, since a processor's jinja template may hold braces
+    that str.format would eat. An unreadable image is a DataError naming the sample."""
+    from PIL import Image
+
+    built = build_prompt(
+        sample, tokenizer=adapter.processor.tokenizer, image_token=adapter.image_token, template="{prompt}",
+        max_context_len=max_context_len, tokens_per_image=int(adapter.tokens_per_image),
+        combine_image=combine_image, dataset_root=dataset.root)
+    images = []
+    for p in built.images:
+        try:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        except OSError as e:
+            raise DataError(f"dataset {sample.dataset}, sample {sample.sample_id}: image {p} cannot be read: {e}")
+    return built, images

@@ -3,7 +3,7 @@
 Random-weight models score zero everywhere, so offline runs cannot tell a good KV-pruning
 method from a bad one. These six datasets copy the situations that pruning must survive in
 MileBench, with pictures simple enough (one coloured shape on a grey ground) that a tiny
-CLIP learns them in minutes (`csp.models.proxy` trains the model):
+CLIP learns them in minutes (`standins.proxy_llava` trains the model):
 
 | dataset | MileBench situation | answer |
 |---|---|---|

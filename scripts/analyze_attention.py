@@ -84,7 +84,7 @@ def load_data(args) -> list:
 def record_dataset(adapter, dataset, args) -> AttentionRecorder:
     """One prefill per sample with the recorder as the 'method'; nothing is decoded."""
     from csp.engine.decode import prefill
-    from milebench.runner.loop import prepare_sample
+    from milebench.prompt import prepare_sample
 
     recorder = AttentionRecorder(max_per_layer=args.max_per_layer)
     for sample in tqdm(dataset.samples[: args.limit], desc=dataset.name, unit="sample", leave=False):
@@ -156,7 +156,7 @@ def js_markdown(js: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     datasets = load_data(args)  # bad data fails before the model loads
-    from csp.models.config import adapter_from_config
+    from milebench.runner.models import adapter_from_config
 
     adapter = adapter_from_config(args.model_cfg, args.dtype, args.device, args.attn)
     js_rows, kde_rows = [], []

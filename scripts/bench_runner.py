@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from csp.models.config import adapter_from_config  # noqa: E402
+from milebench.runner.models import adapter_from_config  # noqa: E402
 from milebench.files import PRED_FILE  # noqa: E402
 from milebench.runner.loop import run  # noqa: E402
 from milebench.synthetic import ensure_synthetic  # noqa: E402

@@ -23,7 +23,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HYDRA_FULL_ERROR=1
 start=$(date +%s)
 
 $PY -m milebench.proxy --out "$DATA"
-$PY -m csp.models.proxy ensure --seed "$SEED"
+$PY -m standins.proxy_llava ensure --seed "$SEED"
 
 common=(model=proxy-llava "model.seed=$SEED" "model.name=$NAME" "data_dir=$DATA" "output_dir=$OUT"
         hydra.sweep.dir="multirun/proxy/$NAME" "$@")

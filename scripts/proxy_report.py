@@ -96,7 +96,7 @@ def markdown(df: pd.DataFrame) -> str:
         return str(v)
 
     parts = ["# Proxy study: every method x budget (x 100; mean over the six proxy tasks)\n",
-             "Trained proxy LLaVA (csp/models/proxy.py) on the held-out proxy samples (milebench/proxy.py), run by "
+             "Trained proxy LLaVA (standins/proxy_llava.py) on the held-out proxy samples (milebench/proxy.py), run by "
              "the unchanged runner and scored by MileBench's scorer. `MC mean`: the four multiple-choice tasks "
              "(accuracy); `open mean`: the two free-form tasks (ROUGE-L F). `KL` (nats) and `top-1 %`: label-"
              "free fidelity against the full cache (fidelity=true). Budget b keeps a share b of the prompt, "

@@ -36,7 +36,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from csp.models.llava_encoding import follow_sentencepiece, llava_input_ids
 from csp.models.llava_tokenizer import VocabUnavailable, ensure_llava_tokenizer, reference_vectors
 from csp.models.adapters import CHAT_TEMPLATES, ModelAdapter, load_adapter
-from csp.models.config import check_model_config
+from milebench.runner.models import check_model_config
 from csp.models.adapters import llava_image_processor_class
 from milebench.data import Sample
 from milebench.prompt import build_prompt

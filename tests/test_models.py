@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from csp.models.adapters import CHAT_TEMPLATES, ModelAdapter, load_adapter
-from csp.models.config import adapter_from_config, check_model_config
+from milebench.runner.models import adapter_from_config, check_model_config
 from csp.models.tiny import BUILDERS, RECIPE_FILE, build_tiny_model, ensure_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The proxy task set (milebench/proxy.py) and the proxy LLaVA trained on it (csp/models/proxy.py).
+"""The proxy task set (milebench/proxy.py) and the proxy LLaVA trained on it (standins/proxy_llava.py).
 
 Data: every file passes the loader's validation, and every answer follows from the prompt
 itself (the pictures' pixels and the text), checked here without the generator's notes.
@@ -22,13 +22,14 @@ from PIL import Image
 
 from csp.engine.decode import greedy_generate
 from csp.models.adapters import ModelAdapter, load_adapter
-from csp.models.config import check_model_config
-from csp.models.proxy import Recipe, build_proxy_model, build_untrained, encode_example, train
+from milebench.runner.models import check_model_config
+from standins.proxy_llava import Recipe, build_proxy_model, build_untrained, encode_example, train
 from csp.engine.registry import build_method, method_names
 from milebench import catalog
 from milebench.data import IMAGES_DIR, load_dataset
 from milebench.proxy import COLOURS, TRAIN_DIR, VIVID, generate
-from milebench.runner.loop import prepare_sample, run
+from milebench.prompt import prepare_sample
+from milebench.runner.loop import run
 from milebench.score import score_predictions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ def compose_cfg(*overrides: str):
 @pytest.fixture(scope="module")
 def load_once():
     """The run's own model loader, called once for the whole module."""
-    from csp.models.config import adapter_from_config
+    from milebench.runner.models import adapter_from_config
 
     ensure_synthetic(DEFAULT_DIR)
     cache = {}

@@ -34,7 +34,6 @@ from torch import Tensor
 
 from csp.engine.decode import Decoder, Inputs, greedy_pick
 from csp.engine.method import KVPruner
-from milebench.files import FIDELITY_FILE  # named with the run folder's other files
 
 
 @dataclass
@@ -155,8 +154,9 @@ def fidelity_record(samples: Mapping[int, SampleFidelity], meta: Mapping[str, An
     }
 
 
-def read_summary(record: Mapping[str, Any], source: str = FIDELITY_FILE) -> FidelitySummary:
-    """The summary of a fidelity.json record, with a clear error when a field is missing."""
+def read_summary(record: Mapping[str, Any], source: str = "fidelity record") -> FidelitySummary:
+    """The summary of a fidelity.json record, with a clear error naming `source` (the caller's file)
+    when a field is missing."""
     try:
         data = record["summary"]
         return FidelitySummary(**{f: data[f] for f in FidelitySummary.__dataclass_fields__})

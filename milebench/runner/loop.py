@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from csp.engine.method import ConfigError
 from milebench.data import DataError, DatasetFile, Sample, load_dataset
+from milebench.prompt import prepare_sample
 from milebench.runner import dist as dist_mod
 from milebench.score import score_dataset
 from milebench.runner.settings import RESOLVED_FIELDS, RunConfigError, RunPlan, check_budget, fingerprint, make_plan
@@ -80,30 +81,6 @@ def method_record(name: str, method: Any) -> dict[str, Any]:
             if v is None or isinstance(v, (bool, int, float, str)):
                 rec[f.name] = v
     return rec
-
-
-def prepare_sample(adapter: Any, sample: Sample, dataset: DatasetFile, max_context_len: int,
-                   combine_image: bool = False) -> tuple[Any, list]:
-    """MileBench's prompt for `sample` (truncated, markers turned into the model's image token,
-    no chat template yet) and its kept images, opened. The chat template is applied by
-    `adapter.format_prompt` at encoding, since a processor's jinja template may hold braces
-    that str.format would eat. An unreadable image is a DataError naming the sample."""
-    from PIL import Image
-
-    from milebench.prompt import build_prompt
-
-    built = build_prompt(
-        sample, tokenizer=adapter.processor.tokenizer, image_token=adapter.image_token, template="{prompt}",
-        max_context_len=max_context_len, tokens_per_image=int(adapter.tokens_per_image),
-        combine_image=combine_image, dataset_root=dataset.root)
-    images = []
-    for p in built.images:
-        try:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        except OSError as e:
-            raise DataError(f"dataset {sample.dataset}, sample {sample.sample_id}: image {p} cannot be read: {e}")
-    return built, images
 
 
 def batches_of(samples: Sequence[Sample], size: int) -> list[list[Sample]]:
@@ -320,7 +297,7 @@ def run(
     overrides: the command-line overrides, so sweep jobs get distinct run names.
     generate_fn: the generation function; the engine's greedy decoding by default.
     load_adapter: (model_cfg, dtype, device, attn_implementation) -> adapter;
-        `csp.models.config.adapter_from_config` by default.
+        `milebench.runner.models.adapter_from_config` by default.
     """
     check_budget(cfg)  # the top-level fields every method interpolates, named as the user wrote them
     method = instantiate_method(cfg.method)
@@ -342,7 +319,7 @@ def run(
         if generate_fn is None:
             from csp.engine.decode import greedy_generate as generate_fn
         if load_adapter is None:
-            from csp.models.config import adapter_from_config as load_adapter
+            from milebench.runner.models import adapter_from_config as load_adapter
         runner = Runner(cfg=cfg, plan=plan, method=method, method_name=method_name, dist=dist,
                         generate=generate_fn, load_adapter=load_adapter)
         datasets = load_datasets(runner)

@@ -176,7 +176,7 @@ def fingerprint(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 def check_model(model: DictConfig, dtype: str, device: str, attn_implementation: str) -> None:
     """What can be known about a model config without loading it (csp.models.adapters' own checks,
     plus the fields the runner itself reads)."""
-    from csp.models.config import check_model_config
+    from milebench.runner.models import check_model_config
 
     name = model.get("name")
     for key in ("name", "family", "max_context_len"):

@@ -7,8 +7,8 @@ every prompt encoded by the runner's own code (`prepare_sample`, the chat templa
 processor) and the loss on the answer tokens only. It then answers the held-out proxy
 samples through the unchanged runner, methods and scorer, so pruning methods separate.
 
-    python -m csp.models.proxy train [--seed 0] [--steps 650] [--out models/proxy-llava]
-    python -m csp.models.proxy ensure [--seed 0]        # train only if models/ lacks it (the runner's path)
+    python -m standins.proxy_llava train [--seed 0] [--steps 650] [--out models/proxy-llava]
+    python -m standins.proxy_llava ensure [--seed 0]        # train only if models/ lacks it (the runner's path)
 
 What makes two minutes of CPU enough: a curriculum (each task's shortest examples first,
 widening to all), tasks drawn by weight, the output layer tied to the input embedding, and
@@ -38,8 +38,9 @@ from transformers import LlavaForConditionalGeneration
 
 from csp.models.adapters import ModelAdapter
 from csp.models.tiny import LLAVA_JINJA_CONTENT, build_llava
+from milebench.prompt import prepare_sample
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO_ROOT / "models"
 RECIPE_FILE = "proxy_recipe.json"
 RECIPE_VERSION = 1
@@ -117,8 +118,6 @@ class Example:
 
 def encode_example(adapter: ModelAdapter, sample, dataset, max_context_len: int = MAX_CONTEXT_LEN) -> Example:
     """A sample encoded exactly as the runner encodes it, plus ' <response></s>'."""
-    from milebench.runner.loop import prepare_sample
-
     built, images = prepare_sample(adapter, sample, dataset, max_context_len)
     enc = adapter.encode([adapter.format_prompt(built.text)], [images])
     prompt = enc["input_ids"][0]

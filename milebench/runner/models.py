@@ -2,8 +2,9 @@
 
 An entry names a real checkpoint (`path`: a local folder or a hub id) or one of the stand-ins
 built on demand under models/ (`tiny: <family>`, random weights; `trained: proxy`, the proxy
-LLaVA). Kept apart from the adapters so that the stand-in builders, which use the adapters,
-are never imported by them.
+LLaVA). It lives with the runner because a trained stand-in (standins/) is trained on
+MileBench-format data through MileBench's prompts: the models package (csp/models) knows
+neither, so nothing in csp imports milebench.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from csp.models.adapters import (
     check_template_name,
     load_adapter,
 )
-from csp.models.proxy import ensure_proxy_model
+from standins.proxy_llava import ensure_proxy_model
 from csp.models.tiny import FAMILIES as TINY_FAMILIES
 from csp.models.tiny import ensure_tiny_model
 
@@ -44,7 +45,7 @@ def check_model_config(
         tiny = cfg_model.get("tiny")
         trained = cfg_model.get("trained")
         if trained is not None and (trained != "proxy" or family != "llava"):
-            raise ValueError(f"field 'trained' is {trained!r}; only 'proxy' (family llava, csp/models/proxy.py) is known")
+            raise ValueError(f"field 'trained' is {trained!r}; only 'proxy' (family llava, standins/proxy_llava.py) is known")
         if tiny:
             if tiny not in TINY_FAMILIES or tiny != family:
                 raise ValueError(f"field 'tiny' is {tiny!r}; expected the family name, one of {TINY_FAMILIES}")
@@ -68,7 +69,7 @@ def adapter_from_config(
     """Build the adapter a ``configs/model/*.yaml`` entry describes.
 
     ``tiny: <family>`` (with ``path: null``) means the tiny checkpoint built on demand under
-    models/, ``trained: proxy`` the proxy LLaVA trained on demand (csp/models/proxy.py); otherwise
+    models/, ``trained: proxy`` the proxy LLaVA trained on demand (standins/proxy_llava.py); otherwise
     ``path`` is a local folder or a hub id.
     """
     check_model_config(cfg_model, dtype, device, attn_implementation)
