@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "models"
 FAMILIES = ("llava", "internvl", "mobilevlm", "internvl-chat")
 # Bump when the recipe changes so stale folders under models/ are rebuilt, not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 RECIPE_FILE = "tiny_recipe.json"
 VOCAB_SIZE = 1024
 

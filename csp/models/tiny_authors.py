@@ -155,11 +155,16 @@ def write_tiny_internvl_chat(out: Path, seed: int) -> None:
                                 image_seq_length=16, vision_feature_layer=-1, projector_type="mlp2x_gelu",
                                 source_family="internvl-chat")
     model = _build(config, seed)
-    embeddings = model.model.vision_tower.embeddings
-    with torch.random.fork_rng(devices=[]), torch.no_grad():  # transformers starts both at zero
+    tower = model.model.vision_tower
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed + 1)
-        embeddings.cls_token.normal_(std=0.5)
-        embeddings.position_embeddings.normal_(std=0.5)
+        # transformers starts these at zero and at one constant: random values, so that a swapped
+        # or misplaced one changes the output
+        tower.embeddings.cls_token.normal_(std=0.5)
+        tower.embeddings.position_embeddings.normal_(std=0.5)
+        for layer in tower.encoder.layer:
+            layer.lambda_1.uniform_(0.05, 1.0)
+            layer.lambda_2.uniform_(0.05, 1.0)
     save_file(_ours_to_authors(model.state_dict(), "mlp2x_gelu"), str(out / "model.safetensors"))
     flat = _flat_config(text, "LlavaLlamaForCausalLM", "llava", mm_hidden_size=vision.hidden_size,
                         mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-1, mm_vision_select_feature="patch",
