@@ -152,8 +152,15 @@ class RunMeta:
 
 # The paper's setting beyond method and budget, as a saved run config holds it.
 REFERENCE_RUN = {"recent_ratio": 0.1, "budget_tokens": None, "adversarial": False, "combine_image": False}
-REFERENCE_RATIOS = Path(__file__).resolve().parent.parent / "configs" / "ratios" / "reference.yaml"
 BUDGET_FIELDS = ("budget", "recent_ratio", "budget_tokens")
+
+
+@lru_cache(maxsize=1)
+def _reference_ratios() -> dict[str, Any]:
+    """configs/ratios/reference.yaml as a saved run config holds its `ratios` node, read once."""
+    from csp.engine.registry import CONFIGS
+
+    return yaml.safe_load((CONFIGS / "ratios" / "reference.yaml").read_text(encoding="utf-8"))
 
 
 @lru_cache(maxsize=None)
@@ -180,7 +187,7 @@ def setting_changes(cfg: dict[str, Any], method: str) -> tuple[str, ...]:
     if method == "full":
         return tuple(out)
     ratios = cfg.get("ratios")
-    if isinstance(ratios, dict) and ratios != yaml.safe_load(REFERENCE_RATIOS.read_text(encoding="utf-8")):
+    if isinstance(ratios, dict) and ratios != _reference_ratios():
         out.append("ratios")
     node, defaults = cfg.get("method"), _method_defaults(method)
     if isinstance(node, dict) and defaults is not None:

@@ -110,11 +110,16 @@ class AuthorsLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 class Family:
     """What a family's authors' code fixes beyond config.json."""
 
-    name: str
     vision: str  # "clip" (weights inside the checkpoint) or "internvit" (weights in the tower's folder)
 
 
-FAMILIES = {"mobilevlm": Family("mobilevlm", "clip"), "internvl-chat": Family("internvl-chat", "internvit")}
+FAMILIES = {"mobilevlm": Family("clip"), "internvl-chat": Family("internvit")}
+# the projector's key prefixes per mm_projector_type, the authors' -> ours (under model.multi_modal_projector.)
+PROJECTOR_KEYS = {
+    "mlp2x_gelu": {"model.mm_projector.0.": "linear_1.", "model.mm_projector.2.": "linear_2."},
+    "ldpnetv2": {"model.mm_projector.mlp.mlp.0.": "linear_1.", "model.mm_projector.mlp.mlp.2.": "linear_2.",
+                 "model.mm_projector.peg.peg.0.": "peg."},
+}
 
 
 def rename_language_and_projector(key: str) -> str | None:
@@ -124,11 +129,10 @@ def rename_language_and_projector(key: str) -> str | None:
     m = re.fullmatch(r"model\.(embed_tokens|layers|norm)\.(.+)", key)
     if m:
         return f"model.language_model.{m.group(1)}.{m.group(2)}"
-    for old, new in (("model.mm_projector.0.", "linear_1."), ("model.mm_projector.2.", "linear_2."),
-                     ("model.mm_projector.mlp.mlp.0.", "linear_1."), ("model.mm_projector.mlp.mlp.2.", "linear_2."),
-                     ("model.mm_projector.peg.peg.0.", "peg.")):
-        if key.startswith(old):
-            return "model.multi_modal_projector." + new + key[len(old):]
+    for table in PROJECTOR_KEYS.values():
+        for old, new in table.items():
+            if key.startswith(old):
+                return "model.multi_modal_projector." + new + key[len(old):]
     return None
 
 
@@ -137,9 +141,13 @@ def rename_clip_tower(key: str) -> str | None:
     return "model.vision_tower." + key[len(prefix):] if key.startswith(prefix) else None
 
 
+# InternViT's per-layer names (encoder.layers.N.<theirs>) -> InternVLVisionModel's (encoder.layer.N.<ours>);
+# the fused attn.qkv is split apart
 INTERNVIT_LAYER = {"attn.q_norm": "attention.q_norm", "attn.k_norm": "attention.k_norm",
                    "attn.proj": "attention.projection_layer", "norm1": "layernorm_before",
-                   "norm2": "layernorm_after", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+                   "norm2": "layernorm_after", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+                   "ls1": "lambda_1", "ls2": "lambda_2"}
+INTERNVIT_QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def convert_internvit(state: Mapping[str, torch.Tensor], grid: int) -> dict[str, torch.Tensor]:
@@ -157,10 +165,10 @@ def convert_internvit(state: Mapping[str, torch.Tensor], grid: int) -> dict[str,
             layer, rest = m.groups()
             base = f"encoder.layer.{layer}."
             if rest.startswith("attn.qkv."):
-                for part, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                for part, chunk in zip(INTERNVIT_QKV, value.chunk(3, dim=0)):
                     out[f"{base}attention.{part}.{rest.rsplit('.', 1)[1]}"] = chunk.clone()
-            elif rest in ("ls1", "ls2"):
-                out[base + ("lambda_1" if rest == "ls1" else "lambda_2")] = value
+            elif rest in INTERNVIT_LAYER:  # the layer scales, parameters of the layer itself
+                out[base + INTERNVIT_LAYER[rest]] = value
             else:
                 module, _, param = rest.rpartition(".")
                 if module not in INTERNVIT_LAYER:
@@ -261,10 +269,13 @@ def build_config(family: str, raw: dict, vision: CLIPVisionConfig | InternVLVisi
         source_family=family)
 
 
+def _square(value) -> int:
+    """CLIP's configs give sizes as one int, InternVL's as (height, width) pairs: square here."""
+    return int(value if isinstance(value, int) else value[0])
+
+
 def _side(vision) -> int:
-    size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
-    patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
-    return int(size) // int(patch)
+    return _square(vision.image_size) // _square(vision.patch_size)
 
 
 def internvit_config(folder: Path, image_size: int) -> InternVLVisionConfig:
@@ -335,7 +346,7 @@ def load_authors_llava(family: str, path: str, dtype: torch.dtype = torch.float3
     else:
         image_size = int(raw.get("image_size") or (448 if "448" in tower_name else 336))
         vision = internvit_config(tower, image_size)
-        state.update(convert_internvit(read_weights(tower), image_size // int(vision.patch_size[0])))
+        state.update(convert_internvit(read_weights(tower), image_size // _square(vision.patch_size)))
     if unmapped:
         raise KeyError(f"{folder}: {len(unmapped)} weights have no counterpart, e.g. {unmapped[:3]}")
     config = build_config(family, raw, vision, image_token_id)
@@ -351,7 +362,7 @@ def load_authors_llava(family: str, path: str, dtype: torch.dtype = torch.float3
     model.config.text_config.pad_token_id = tokenizer.pad_token_id
     processor = LlavaProcessor(
         image_processor=image_processor_for(family, raw, tower, image_size), tokenizer=tokenizer,
-        patch_size=int(vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]),
+        patch_size=_square(vision.patch_size),
         vision_feature_select_strategy=config.vision_feature_select_strategy, image_token=IMAGE_TOKEN)
     return model.eval(), processor
 
@@ -372,8 +383,8 @@ def extend_input_embeddings(model: AuthorsLlavaForConditionalGeneration, rows: i
 def load_exactly(model: torch.nn.Module, state: Mapping[str, torch.Tensor], folder: Path) -> None:
     """Every parameter from the checkpoint, nothing left over: a missing or unexpected key is an
     error naming them, never a silently random weight."""
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state and not _non_persistent(model, k))
+    own = model.state_dict()  # parameters and persistent buffers only
+    missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
     if missing or unexpected:
         raise KeyError(f"{folder}: the checkpoint does not fit the model: missing {missing[:5]} "
@@ -383,10 +394,4 @@ def load_exactly(model: torch.nn.Module, state: Mapping[str, torch.Tensor], fold
         k = shaped[0]
         raise ValueError(f"{folder}: {k} has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)}")
     model.load_state_dict(dict(state), strict=False)
-
-
-def _non_persistent(model: torch.nn.Module, key: str) -> bool:
-    module_name, _, buffer = key.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    return buffer in getattr(module, "_non_persistent_buffers_set", set())
 

@@ -23,7 +23,13 @@ from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, InternVLVisionConfig, LlamaConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from csp.models.authors_llava import AuthorsLlavaConfig, AuthorsLlavaForConditionalGeneration
+from csp.models.authors_llava import (
+    INTERNVIT_LAYER,
+    INTERNVIT_QKV,
+    PROJECTOR_KEYS,
+    AuthorsLlavaConfig,
+    AuthorsLlavaForConditionalGeneration,
+)
 
 TOWER = "vision_tower"  # mm_vision_tower, relative: looked up inside the checkpoint folder
 
@@ -48,10 +54,9 @@ def _flat_config(text: LlamaConfig, architecture: str, model_type: str, **mm) ->
 
 
 def _ours_to_authors(state: dict[str, torch.Tensor], projector: str) -> dict[str, torch.Tensor]:
-    """Our names back to the authors' (decoder, LM head, projector, a CLIP tower inside)."""
-    proj = {"mlp2x_gelu": {"linear_1.": "model.mm_projector.0.", "linear_2.": "model.mm_projector.2."},
-            "ldpnetv2": {"linear_1.": "model.mm_projector.mlp.mlp.0.", "linear_2.": "model.mm_projector.mlp.mlp.2.",
-                         "peg.": "model.mm_projector.peg.peg.0."}}[projector]
+    """Our names back to the authors' (decoder, LM head, projector, a CLIP tower inside): the
+    loader's key tables read backwards."""
+    proj = {ours: theirs for theirs, ours in PROJECTOR_KEYS[projector].items()}
     out = {}
     for key, value in state.items():
         if key.startswith("model.language_model."):
@@ -74,6 +79,7 @@ def _internvit_to_authors(tower: torch.nn.Module, native_grid: int) -> dict[str,
     embedding at the tower's native grid (its run grid is larger)."""
     from torch.nn import functional as F
 
+    theirs = {ours: name for name, ours in INTERNVIT_LAYER.items()}
     out = {}
     for key, value in tower.state_dict().items():
         if key == "embeddings.cls_token":
@@ -88,23 +94,17 @@ def _internvit_to_authors(tower: torch.nn.Module, native_grid: int) -> dict[str,
         elif key.startswith("embeddings.patch_embeddings.projection."):
             out["embeddings.patch_embedding." + key.rsplit(".", 1)[1]] = value
         elif key.startswith("encoder.layer."):
-            _, _, n, *rest = key.split(".")
-            rest = ".".join(rest)
-            base = f"encoder.layers.{n}."
-            names = {"lambda_1": "ls1", "lambda_2": "ls2"}
-            if rest in names:
-                out[base + names[rest]] = value
-            elif rest.startswith(("attention.q_proj.", "attention.k_proj.", "attention.v_proj.")):
+            _, _, n, rest = key.split(".", 3)
+            if any(rest.startswith(f"attention.{part}.") for part in INTERNVIT_QKV):
                 continue  # fused below
+            if rest in theirs:  # the layer scales, parameters of the layer itself
+                out[f"encoder.layers.{n}.{theirs[rest]}"] = value
             else:
-                for ours, theirs in (("attention.q_norm", "attn.q_norm"), ("attention.k_norm", "attn.k_norm"),
-                                     ("attention.projection_layer", "attn.proj"), ("layernorm_before", "norm1"),
-                                     ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-                    if rest.startswith(ours + "."):
-                        out[base + theirs + rest[len(ours):]] = value
+                module, _, param = rest.rpartition(".")
+                out[f"encoder.layers.{n}.{theirs[module]}.{param}"] = value
     state = tower.state_dict()
     for n in range(len(tower.encoder.layer)):
-        parts = [state[f"encoder.layer.{n}.attention.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")]
+        parts = [state[f"encoder.layer.{n}.attention.{p}.weight"] for p in INTERNVIT_QKV]
         out[f"encoder.layers.{n}.attn.qkv.weight"] = torch.cat(parts, dim=0)
     return {k: v.contiguous() for k, v in out.items()}
 
