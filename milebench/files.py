@@ -27,6 +27,7 @@ EVAL_FILE = "eval.json"  # written last by the scorer: its presence marks a scor
 EVAL_SCORE_FILE = "eval_score.json"  # per-sample scores
 EXTRACTED_FILE = "pred_with_extracted.json"  # multiple choice: the option each answer resolved to
 ROUGE_SCORE_FILE = "eval_rouge_score.json"  # ROUGE-L datasets: Google's rouge-score, an extra figure
+CONTENT_EM_FILE = "eval_content_em.json"  # ROUGE-L datasets: content-word exact match, an extra figure
 FIDELITY_FILE = "fidelity.json"  # fidelity=true: the method against the full cache (csp/analysis/fidelity.py)
 CORRECTED_SUFFIX = "_corrected"  # --corrected writes its own files and never touches the faithful ones
 

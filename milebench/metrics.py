@@ -173,6 +173,24 @@ def rouge_l(pred: str, gold: str) -> float:
         return float(_ROUGE.get_scores(pred, gold)[0]["rouge-l"]["f"])
 
 
+# Function words dropped before the content-word match; everything else (colours, numbers,
+# names, verbs) is content.
+STOPWORDS = frozenset(
+    "a an the and or but to of from in on at by for with as into onto is are was were be been being "
+    "it its this that these those there here then than so".split())
+
+
+def content_words(text: str) -> list[str]:
+    return [w for w in text.split() if w not in STOPWORDS]
+
+
+def content_exact_match(pred: str, gold: str) -> bool:
+    """The normalized answers' content words, in order, are equal: "red to blue" against "red
+    to green" is wrong here (ROUGE-L F gives it 0.67), "red and blue" against "the red, the
+    blue" is right. An extra figure beside ROUGE-L for free-form answers, never instead of it."""
+    return content_words(pred) == content_words(gold)
+
+
 def rouge_l_google(pred: str, gold: str) -> float:
     """ROUGE-L F of Google's rouge-score (sentence-level LCS, its own tokenizer), on the same
     normalized strings; offered beside, never instead of, the reference column."""

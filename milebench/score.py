@@ -5,8 +5,9 @@
 For every `RUN_DIR/<D>/pred.json` the gold is read from `DATA_DIR/<D>/<D>.json` (or the
 parquet form) and `eval.json`, `eval_score.json` and, for multiple choice,
 `pred_with_extracted.json` are written beside it in MileBench's formats. ROUGE-L datasets
-also get `eval_rouge_score.json` with Google's rouge-score ROUGE-L, an extra figure that
-never replaces the reference one. `--corrected` fixes the reference's quirks and writes the
+also get `eval_rouge_score.json` with Google's rouge-score ROUGE-L and `eval_content_em.json`
+with the content-word exact match (`metrics.content_exact_match`: a wrong colour in "red to
+blue" is wrong, not 0.67), extra figures that never replace the reference one. `--corrected` fixes the reference's quirks and writes the
 same files with a `_corrected` suffix, leaving the faithful ones untouched.
 """
 from __future__ import annotations
@@ -28,11 +29,13 @@ from milebench.files import (
     EVAL_SCORE_FILE,
     EXTRACTED_FILE,
     PRED_FILE,
+    CONTENT_EM_FILE,
     ROUGE_SCORE_FILE,
     corrected_name,
     write_atomic,
 )
 from milebench.metrics import (
+    content_exact_match,
     gold_key,
     match_choice,
     needle_correct,
@@ -63,6 +66,7 @@ class DatasetScore:
     per_sample: list[tuple[int, float]]
     extracted: list[str] | None = None  # multiple choice: the key each prediction resolved to
     google_rouge_l: float | None = None
+    content_em: float | None = None  # free-form (ROUGE-L) sets: content-word exact match
     corrected: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -137,6 +141,7 @@ def score_predictions(dataset: DatasetFile, preds: list[dict[str, Any]], *, corr
     per_sample: list[tuple[int, float]] = []
     extracted: list[str] | None = [] if how == "choice" else None
     google: list[float] = []
+    content_em: list[int] = []
     notes: list[str] = []
     for p in preds:
         sample = gold[p["sample_id"]]
@@ -165,6 +170,7 @@ def score_predictions(dataset: DatasetFile, preds: list[dict[str, Any]], *, corr
             except ValueError as e:
                 raise ScoreError(f"{where}: field 'response': {e}") from None
             google.append(rouge_l_google(pr, g))
+            content_em.append(int(content_exact_match(pr, g)))
         per_sample.append((sample.sample_id, score))
         acc = levels[sample.image_quantity_level]
         acc[0] += score
@@ -173,13 +179,14 @@ def score_predictions(dataset: DatasetFile, preds: list[dict[str, Any]], *, corr
     return DatasetScore(dataset=dataset.name, metric=info.metric, value=value, levels=levels,
                         per_sample=per_sample, extracted=extracted,
                         google_rouge_l=sum(google) / len(google) if google else None,
+                        content_em=sum(content_em) / len(content_em) if content_em else None,
                         corrected=corrected, notes=notes)
 
 
 def output_names(corrected: bool) -> dict[str, str]:
     """File names written beside pred.json; the corrected mode never reuses a faithful name."""
     names = {"eval": EVAL_FILE, "eval_score": EVAL_SCORE_FILE, "pred_with_extracted": EXTRACTED_FILE,
-             "eval_rouge_score": ROUGE_SCORE_FILE}
+             "eval_rouge_score": ROUGE_SCORE_FILE, "eval_content_em": CONTENT_EM_FILE}
     return {k: corrected_name(v) if corrected else v for k, v in names.items()}
 
 
@@ -201,6 +208,11 @@ def write_result_files(folder: Path, preds: list[dict[str, Any]], result: Datase
         _write_json(folder / names["eval_rouge_score"], {
             "Rouge-L f": result.google_rouge_l,
             "implementation": "rouge-score (Google) rougeL, no stemming, on normalized text",
+        })
+    if result.content_em is not None:
+        _write_json(folder / names["eval_content_em"], {
+            "Content EM": result.content_em,
+            "implementation": "content words (normalized, function words dropped) equal, in order",
         })
     _write_json(folder / names["eval"], result.eval_json())
 

@@ -195,6 +195,10 @@ def test_open_ended_files(tmp_path):
     assert not (run / "ALFRED" / "pred_with_extracted.json").exists()
     # Google's rouge-score: (4/7 + 0) / 2, in its own file
     assert read(run / "ALFRED" / "eval_rouge_score.json")["Rouge-L f"] == pytest.approx(2 / 7)
+    # content words: "cat" against "cat sat" is wrong, the empty answer too; needles and
+    # MMCoQA are not free form (no file)
+    assert read(run / "ALFRED" / "eval_content_em.json")["Content EM"] == 0.0
+    assert not (run / "MMCoQA" / "eval_content_em.json").exists()
     assert read(run / "TextNeedleInAHaystack" / "eval.json")["Accuracy"] == 0.5
     assert read(run / "MMCoQA" / "eval.json")["Accuracy"] == 1.0
 

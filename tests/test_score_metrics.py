@@ -4,6 +4,7 @@ import pytest
 
 from milebench import catalog
 from milebench.metrics import (
+    content_exact_match,
     gold_key,
     match_choice,
     needle_correct,
@@ -165,3 +166,16 @@ def test_routing_by_name_then_type():
         route("X", "yes-no")
     for d in catalog.DATASETS:  # the catalog agrees with the spec's routing for all 29
         assert route(d.name, d.question_type) == d.scoring, d.name
+
+
+@pytest.mark.parametrize("pred,gold,expected", [
+    ("red to blue", "red to blue", True),
+    ("red to green", "red to blue", False),  # ROUGE-L F gives it 2/3
+    ("the red and the blue", "red and blue", True),  # function words do not count
+    ("blue and red", "red and blue", False),  # order counts
+    ("red", "red and blue", False),
+    ("", "red and blue", False),
+    ("red blue green", "red and blue", False),
+])
+def test_content_exact_match(pred, gold, expected):
+    assert content_exact_match(normalize(pred), normalize(gold)) is expected
