@@ -1,4 +1,4 @@
 """Model adapters (`adapters`: one interface over LLaVA and InternVL, loaded with
-`from_pretrained`), the config entry that picks a checkpoint (`config`), LLaVA-1.5's own
+`from_pretrained`), LLaVA-1.5's own
 prompt encoding and offline tokenizer, and the tooling that builds the stand-in checkpoints
-on demand (`tiny`: random weights, `proxy`: trained on the proxy task set)."""
+on demand (`tiny`: random weights; standins/ holds the trained ones)."""

@@ -190,10 +190,13 @@ def _internvl_processor_class():
     return InternVLProcessor
 
 
-def build_llava(seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """LLaVA-1.5 in miniature: 56 px images, 14 px patches, CLS dropped => 16 tokens/image."""
+def build_llava(seed: int, image_size: int = 56, text: dict | None = None,
+                vision: dict | None = None) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """LLaVA-1.5 in miniature: 56 px images, 14 px patches, CLS dropped => 16 tokens/image.
+    `image_size` and the `text` / `vision` config fields are the trained stand-in's knobs
+    (standins/llava_standin.py); the defaults are the tiny random model's."""
     tokenizer = build_llava_tokenizer()
-    image_size, patch = 56, 14
+    patch = 14
     tokens_per_image = (image_size // patch) ** 2
     image_processor = llava_image_processor_class()(
         size={"shortest_edge": image_size},
@@ -211,29 +214,27 @@ def build_llava(seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcesso
         chat_template=LLAVA_LLAMA_2_JINJA,
         image_token="<image>",
     )
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    text_config = LlamaConfig(**{
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 4096,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
         # Wider than the usual 0.02 so random logits are well separated and greedy decoding
         # does not hinge on rounding differences between attention kernels.
-        initializer_range=0.1,
-    )
+        "initializer_range": 0.1,
+        **(text or {}),
+    })
     vision_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
+        **{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+           "projection_dim": 32, **(vision or {})},
         image_size=image_size,
         patch_size=patch,
-        projection_dim=32,
     )
     config = LlavaConfig(
         vision_config=vision_config,

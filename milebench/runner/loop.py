@@ -310,9 +310,11 @@ def run(
     try:
         if plan.generate_data:
             if dist.is_main:
-                from milebench.synthetic import ensure_synthetic
-
-                ensure_synthetic(plan.data_dir)
+                if plan.generate_data == "learnable":
+                    from milebench.learnable import ensure_learnable as ensure
+                else:
+                    from milebench.synthetic import ensure_synthetic as ensure
+                ensure(plan.data_dir)
             dist.barrier()
         if dist.is_main:
             write_atomic(plan.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(resolved)))

@@ -2,9 +2,10 @@
 
 An entry names a real checkpoint (`path`: a local folder or a hub id) or one of the stand-ins
 built on demand under models/ (`tiny: <family>`, random weights; `trained: proxy`, the proxy
-LLaVA). It lives with the runner because a trained stand-in (standins/) is trained on
-MileBench-format data through MileBench's prompts: the models package (csp/models) knows
-neither, so nothing in csp imports milebench.
+LLaVA; `trained: standin`, the LLaVA stand-in trained on the learnable MileBench). It lives
+with the runner because a trained stand-in (standins/) is trained on MileBench-format data
+through MileBench's prompts: the models package (csp/models) knows neither, so nothing in csp
+imports milebench.
 """
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from csp.models.adapters import (
     check_template_name,
     load_adapter,
 )
+from standins.llava_standin import ensure_standin_model
 from standins.proxy_llava import ensure_proxy_model
 from csp.models.tiny import FAMILIES as TINY_FAMILIES
 from csp.models.tiny import ensure_tiny_model
+
+TRAINED = {"proxy": "standins/proxy_llava.py", "standin": "standins/llava_standin.py"}
 
 
 def check_model_config(
@@ -44,8 +48,9 @@ def check_model_config(
             check_encoding(str(family), str(encoding))
         tiny = cfg_model.get("tiny")
         trained = cfg_model.get("trained")
-        if trained is not None and (trained != "proxy" or family != "llava"):
-            raise ValueError(f"field 'trained' is {trained!r}; only 'proxy' (family llava, standins/proxy_llava.py) is known")
+        if trained is not None and (trained not in TRAINED or family != "llava"):
+            raise ValueError(f"field 'trained' is {trained!r}; known (family llava): "
+                             f"{', '.join(f'{k} ({v})' for k, v in TRAINED.items())}")
         if tiny:
             if tiny not in TINY_FAMILIES or tiny != family:
                 raise ValueError(f"field 'tiny' is {tiny!r}; expected the family name, one of {TINY_FAMILIES}")
@@ -69,7 +74,7 @@ def adapter_from_config(
     """Build the adapter a ``configs/model/*.yaml`` entry describes.
 
     ``tiny: <family>`` (with ``path: null``) means the tiny checkpoint built on demand under
-    models/, ``trained: proxy`` the proxy LLaVA trained on demand (standins/proxy_llava.py); otherwise
+    models/, ``trained: proxy|standin`` a LLaVA trained on demand (standins/); otherwise
     ``path`` is a local folder or a hub id.
     """
     check_model_config(cfg_model, dtype, device, attn_implementation)
@@ -80,6 +85,8 @@ def adapter_from_config(
         path = ensure_tiny_model(str(tiny), seed=int(cfg_model.get("seed", 0) or 0))
     elif cfg_model.get("trained") == "proxy":
         path = ensure_proxy_model(seed=int(cfg_model.get("seed", 0) or 0))
+    elif cfg_model.get("trained") == "standin":
+        path = ensure_standin_model(seed=int(cfg_model.get("seed", 0) or 0))
     adapter = load_adapter(
         str(cfg_model["family"]),
         str(path),

@@ -18,7 +18,10 @@ from csp.engine.method import ConfigError, check_budget_fields
 from milebench import catalog
 from milebench.runner import ratios
 
-DEFAULT_DATA_DIR = Path("data/milebench-synthetic")
+# The generated copies, (re)built when named and absent: the default one (format edge cases,
+# milebench/synthetic.py) and the learnable one (milebench/learnable.py, the stand-in's).
+GENERATED_DATA = {"synthetic": Path("data/milebench-synthetic"), "learnable": Path("data/milebench-learnable")}
+DEFAULT_DATA_DIR = GENERATED_DATA["synthetic"]
 ON_ERROR = ("raise", "skip")
 PREFILL = ("auto", "batched", "per_sample")
 
@@ -45,7 +48,7 @@ class RunPlan:
 
     datasets: tuple[str, ...]
     data_dir: Path
-    generate_data: bool  # the default generated copy: (re)built when absent or stale
+    generate_data: str | None  # a generated copy (a key of GENERATED_DATA): (re)built when absent or stale
     run_name: str
     run_dir: Path
     batch_sizes: Mapping[str, int]
@@ -188,6 +191,19 @@ def check_model(model: DictConfig, dtype: str, device: str, attn_implementation:
         raise RunConfigError(str(e)) from None
 
 
+def generated_kind(data_dir: Path) -> str | None:
+    """Which generated copy `data_dir` names (relative to the working folder or the
+    repository), or None for someone's own data."""
+    from milebench.learnable import DEFAULT_DIR as LEARNABLE
+    from milebench.synthetic import DEFAULT_DIR as SYNTHETIC
+
+    where = data_dir.resolve()
+    for kind, path in GENERATED_DATA.items():
+        if where in (path.resolve(), (LEARNABLE if kind == "learnable" else SYNTHETIC).resolve()):
+            return kind
+    return None
+
+
 def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequence[str] = ()) -> RunPlan:
     """Validate every top-level field and the method's per-dataset settings; no model, no data read."""
     for key in ("model", "method", "ratios"):
@@ -233,19 +249,17 @@ def make_plan(cfg: DictConfig, method: Any, method_name: str, overrides: Sequenc
             raise RunConfigError(f"method {method_name} on dataset {d}: {e}") from None
 
     data_dir = Path(str(cfg.data_dir))
-    from milebench.synthetic import DEFAULT_DIR
-
-    is_default = data_dir.resolve() in (DEFAULT_DATA_DIR.resolve(), DEFAULT_DIR.resolve())
-    if not data_dir.is_dir() and not is_default:
+    generated = generated_kind(data_dir)
+    if not data_dir.is_dir() and generated is None:
         raise RunConfigError(
-            f"data_dir={str(data_dir)!r} does not exist (only the default {DEFAULT_DATA_DIR} is "
-            "generated when absent)")
+            f"data_dir={str(data_dir)!r} does not exist (only the generated copies "
+            f"{', '.join(str(p) for p in GENERATED_DATA.values())} are made when absent)")
 
     run_name = cfg.run_name or derive_run_name(method_name, cfg, overrides)
     if "/" in run_name or run_name in (".", ".."):
         raise RunConfigError(f"run_name={run_name!r} must be a single folder name")
     run_dir = Path(str(cfg.output_dir)) / str(cfg.model.name) / run_name
-    return RunPlan(datasets=datasets, data_dir=data_dir, generate_data=is_default, run_name=run_name,
+    return RunPlan(datasets=datasets, data_dir=data_dir, generate_data=generated, run_name=run_name,
                    run_dir=run_dir, batch_sizes=batch_sizes, dataset_settings=settings, limit=limit,
                    max_new_tokens=max_new, on_error=str(cfg.on_error), device=device, dtype=dtype,
                    prefill=prefill)
