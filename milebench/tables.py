@@ -25,6 +25,7 @@ import yaml
 from milebench import catalog
 from milebench.files import (
     CONFIG_FILE,
+    CONTENT_EM_FILE,
     EVAL_FILE,
     FIDELITY_FILE,
     PRED_FILE,
@@ -256,6 +257,7 @@ class RunScores:
     path: Path
     scores: dict[str, float]  # dataset -> score x 100 (faithful)
     rouge_score: dict[str, float] = field(default_factory=dict)  # Google rouge-score x 100
+    content_em: dict[str, float] = field(default_factory=dict)  # free-form sets: content-word exact match x 100
     corrected: dict[str, float] = field(default_factory=dict)
     unscored: list[str] = field(default_factory=list)  # pred.json without eval.json
     fidelity: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> fidelity.json summary
@@ -299,6 +301,8 @@ def collect_run(run_dir: Path | str) -> RunScores:
             out.corrected[d.name] = _metric_value(folder / corrected_name(EVAL_FILE), d.metric)
         if (folder / ROUGE_SCORE_FILE).is_file():
             out.rouge_score[d.name] = _metric_value(folder / ROUGE_SCORE_FILE, "Rouge-L f")
+        if (folder / CONTENT_EM_FILE).is_file():
+            out.content_em[d.name] = _metric_value(folder / CONTENT_EM_FILE, "Content EM")
         if (folder / FIDELITY_FILE).is_file():
             out.fidelity[d.name] = _fidelity_summary(folder / FIDELITY_FILE)
     return out
@@ -434,10 +438,10 @@ def missing_label(missing: Sequence[str]) -> str:
 
 
 def eval_score_frame(runs: Sequence[RunScores], which: str = "scores") -> pd.DataFrame:
-    """Datasets as rows, runs as columns (x 100). which: scores | rouge_score | corrected."""
+    """Datasets as rows, runs as columns (x 100). which: scores | rouge_score | content_em | corrected."""
     runs = sort_runs(runs)
-    datasets = ROUGE_DATASETS if which == "rouge_score" else catalog.NAMES
-    proxy = [d.name for d in catalog.PROXY_DATASETS if (which != "rouge_score" or d.scoring == "rouge")
+    datasets = ROUGE_DATASETS if which in ("rouge_score", "content_em") else catalog.NAMES
+    proxy = [d.name for d in catalog.PROXY_DATASETS if (which not in ("rouge_score", "content_em") or d.scoring == "rouge")
              and any(d.name in getattr(r, which) for r in runs)]
     if proxy:  # proxy runs (milebench/proxy.py): their rows, and the 29 only when some run has them
         real = any(d in getattr(r, which) for r in runs for d in datasets)
@@ -454,6 +458,8 @@ def _metric_label(dataset: str, which: str) -> str:
     info = catalog.get(dataset)
     if which == "rouge_score":
         return "ROUGE-L F (Google rouge-score)"
+    if which == "content_em":
+        return "content-word exact match"
     if info.scoring == "rouge":
         return "ROUGE-L F (rouge 1.0.1)"
     return {"choice": "accuracy (choice)", "needle": "accuracy (needle token)",
@@ -535,6 +541,10 @@ def build_tables(results_dir: Path | str, runs: Sequence[RunScores] | None = Non
     if any(r.rouge_score for r in runs):
         md += ["\n## ROUGE-L with Google's rouge-score (extra; not what the papers report)\n",
                to_markdown(eval_score_frame(runs, "rouge_score"))]
+    if any(r.content_em for r in runs):
+        md += ["\n## Content-word exact match on the free-form sets (extra; ROUGE-L gives a wrong colour in "
+               "\"red to blue\" 0.67, this gives it 0)\n",
+               to_markdown(eval_score_frame(runs, "content_em"))]
     if any(r.corrected for r in runs):
         md += ["\n## Corrected mode (quirks fixed; not comparable with published numbers)\n",
                to_markdown(eval_score_frame(runs, "corrected"))]

@@ -44,7 +44,7 @@ class Mutant:
 TRUTH = "tests/test_engine_truth.py"
 FIDELITY, METRICS, FILES = "tests/test_fidelity.py", "tests/test_score_metrics.py", "tests/test_score_files.py"
 E2E, FLOW, CONFIG = "tests/test_runner_e2e.py", "tests/test_runner_flow.py", "tests/test_config.py"
-PROXY = "tests/test_proxy.py"
+PROXY, LEARNABLE = "tests/test_proxy.py", "tests/test_learnable.py"
 EXTRA = "tests/test_baselines_extra.py"
 NAMES, DIST, DEFAULTS = "tests/test_run_names.py", "tests/test_dist.py", "tests/test_method_defaults.py"
 DATA, PROMPT, TABLES = "tests/test_milebench_data.py", "tests/test_prompt.py", "tests/test_eval_score.py"
@@ -287,6 +287,20 @@ MUTANTS: list[Mutant] = [
            'question = f"Question: Picture {k + 1} shows', 'question = f"Question: Picture {k} shows', (PROMISES,)),
     Mutant("proxy-solved-pair-unchanged", "milebench/proxy.py", "before, after = rng.sample(PLAIN, 2)",
            "before, after = rng.choice(PLAIN), rng.choice(PLAIN)", (PROMISES,)),
+    Mutant("learnable-label-names-the-wrong-picture", "milebench/learnable.py",
+           'question = form.question.format(a=f"{form.label} {i + 1}", b=f"{form.label} {j + 1}")',
+           'question = form.question.format(a=f"{form.label} {i}", b=f"{form.label} {j + 1}")', (LEARNABLE,)),
+    Mutant("learnable-decoy-needle-has-the-asked-name", "milebench/learnable.py",
+           "name, other = rng.sample(NAMES, 2)", "name = other = rng.choice(NAMES)", (LEARNABLE,)),
+    Mutant("learnable-options-first-colour-settles", "milebench/learnable.py",
+           "options = [pair(a, b), pair(a, b2), pair(a2, b), pair(a3, b3)]",
+           "options = [pair(a, b), pair(a2, b2), pair(a2, b), pair(a3, b3)]", (LEARNABLE,)),
+    Mutant("learnable-retrieval-anchor-any-colour", "milebench/learnable.py",
+           "pics = [mk.picture(c) for c in colours] + [mk.picture(colours[gold])]",
+           "pics = [mk.picture(c) for c in colours] + [mk.picture(rng.choice(colours))]", (LEARNABLE,)),
+    Mutant("learnable-train-shares-the-pool", "milebench/learnable.py",
+           'pool, images = make_pool(random.Random(f"milebench-learnable:{seed}:{split}:pool"))',
+           'pool, images = make_pool(random.Random(f"milebench-learnable:{seed}:pool"))', (LEARNABLE,)),
     Mutant("synthetic-text-needle-in-a-picture-path", "milebench/synthetic.py",
            'pool = [f"haystack/pool_{k}.jpg" for k in range(4)]', 'pool = [f"needle/pool_{k}.jpg" for k in range(4)]',
            (PROMISES,)),
