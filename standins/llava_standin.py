@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import resource
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +41,7 @@ from csp.models.tiny import build_llava
 from milebench import catalog
 from milebench.learnable import DEFAULT_DIR, DEFAULT_SAMPLES, IMAGE_SIZE, MARKER_FILE, TRAIN_DIR, ensure_learnable
 from milebench.prompt import prepare_sample
+from standins import checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO_ROOT / "models"
@@ -322,17 +320,8 @@ def default_folder(seed: int = 0, root: Path | None = None) -> Path:
     return root / ("standin-llava" if seed == 0 else f"standin-llava-seed{seed}")
 
 
-def _recipe_json(recipe: Recipe) -> dict:
-    """The recipe as it reads back from JSON (tuples become lists), for comparison."""
-    return json.loads(json.dumps(asdict(recipe)))
-
-
 def is_current(folder: Path, recipe: Recipe) -> bool:
-    try:
-        saved = json.loads((Path(folder) / RECIPE_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return saved.get("recipe") == _recipe_json(recipe)
+    return checkpoint.is_current(folder, recipe, RECIPE_FILE)
 
 
 def build_standin_model(out: Path, recipe: Recipe, data_dir: Path | None = None, quiet: bool = False,
@@ -350,35 +339,12 @@ def build_standin_model(out: Path, recipe: Recipe, data_dir: Path | None = None,
                              seed=recipe.data_seed)
     else:
         ensure_learnable(data_dir, train=recipe.train_samples, seed=recipe.data_seed)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-    try:
-        model, processor, stats = train(recipe, data_dir, log_every=0 if quiet else 25, time_limit=time_limit)
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / RECIPE_FILE).write_text(json.dumps({"recipe": _recipe_json(recipe), "stats": stats},
-                                                  indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale-", dir=out.parent))
-            try:
-                os.rename(out, stale / "old")
-            except OSError:
-                pass
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if not is_current(out, recipe):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return checkpoint.save_trained(out, recipe, RECIPE_FILE, lambda: train(
+        recipe, data_dir, log_every=0 if quiet else 25, time_limit=time_limit))
 
 
 def ensure_standin_model(seed: int = 0, root: Path | None = None, **overrides) -> Path:
-    """The trained stand-in under models/, trained on first use (about ten minutes on two cores)."""
+    """The trained stand-in under models/, trained on first use (about a quarter of an hour on two cores)."""
     recipe = Recipe(seed=seed, **overrides)
     folder = default_folder(seed, root)
     if is_current(folder, recipe):
