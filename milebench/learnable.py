@@ -23,8 +23,8 @@ GPR1200's bare `imageK` options):
 
 | skill | datasets | the question picks |
 |---|---|---|
-| label | ObjectExistence, ObjectInteraction, CharacterOrder, EgocentricNavigation, nuscenes, ALFRED, MMCoQA | two pictures by their label ("view 3", "step 7") |
-| named | WebQA, TQA, MultiModalQA, WikiVQA, SlideVQA, OCR-VQA, DocVQA | two pictures by the name in their caption |
+| label | ObjectExistence, ObjectInteraction, CharacterOrder, EgocentricNavigation, nuscenes, ALFRED, MMCoQA | two pictures by the label after each ("<image> view 3.") |
+| named | WebQA, TQA, MultiModalQA, WikiVQA, SlideVQA, OCR-VQA, DocVQA | two pictures by the name in the caption after each |
 | event | ActionLocalization, ActionPrediction, ActionSequence, MovingAttribute, ObjectShuffle, MovingDirection, CounterfactualInference, StateChange, SceneTransition | the two short events (coloured frames) among grey frames, in order |
 | change | Spot-the-Diff, CLEVR-Change, IEdit | the last pair of pictures, after described pairs |
 | needle | TextNeedleInAHaystack (a number in one sentence, a second city's number beside it), ImageNeedleInAHaystack (the two coloured pictures among grey ones) | the needle |
@@ -58,7 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / "data" / "milebench-learnable"
 TRAIN_DIR = "train"
 MARKER_FILE = "LEARNABLE.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_SAMPLES = 12
 DEFAULT_TRAIN = 400
 
@@ -164,29 +164,30 @@ def pair(a: str, b: str) -> str:
 class Form:
     """A dataset's wording: how its pictures are introduced and what its question says."""
 
-    label: str = "image"  # label word before each picture (label skill), or frame wording
+    label: str = "image"  # label word after each picture (label skill), or frame wording
     question: str = ""  # the question, with {a}/{b} for the picked labels or names
     caption: bool = False  # a short sentence after each picture
     intro: str = ""  # text before the pictures
 
 
 def label_skill(mk: Maker, form: Form, lo: int, hi: int, choice: bool) -> Draft:
-    """Labelled pictures, every one with a coloured shape; the question names two labels."""
+    """Labelled pictures, every one with a coloured shape and followed by its label ("<image>
+    view 3."); the question names two labels."""
     rng = mk.rng
     n = rng.randint(max(2, lo), hi)
     colours = mk.colours(n)
     pics = [mk.picture(c) for c in colours]
     i = rng.randrange(n)
     j = rng.choice([k for k in range(n) if colours[k] != colours[i]])
-    body = form.intro + "".join(f"{form.label} {k + 1}: {{image#{k + 1}}}\n" for k in range(n))
+    body = form.intro + "".join(f"{{image#{k + 1}}} {form.label} {k + 1}.\n" for k in range(n))
     question = form.question.format(a=f"{form.label} {i + 1}", b=f"{form.label} {j + 1}")
     gold = pair(colours[i], colours[j])
     return Draft(body + question, pics, gold, mk.pair_options(colours[i], colours[j]) if choice else None)
 
 
 def named_skill(mk: Maker, form: Form, lo: int, hi: int, choice: bool) -> Draft:
-    """Pictures introduced by a name (a caption word); the question names two of them (the
-    form's label word is what the question calls them)."""
+    """Pictures each followed by a name (a caption: "<image> river."); the question names two
+    of them (the form's label word is what the question calls them)."""
     rng = mk.rng
     n = rng.randint(max(2, lo), hi)
     names = rng.sample(NAMES, n)
@@ -194,7 +195,7 @@ def named_skill(mk: Maker, form: Form, lo: int, hi: int, choice: bool) -> Draft:
     pics = [mk.picture(c) for c in colours]
     i = rng.randrange(n)
     j = rng.choice([k for k in range(n) if colours[k] != colours[i]])
-    body = form.intro + "".join(f"{names[k]}: {{image#{k + 1}}}\n" for k in range(n))
+    body = form.intro + "".join(f"{{image#{k + 1}}} {names[k]}.\n" for k in range(n))
     question = form.question.format(a=names[i], b=names[j])
     gold = pair(colours[i], colours[j])
     return Draft(body + question, pics, gold, mk.pair_options(colours[i], colours[j]) if choice else None)
@@ -271,7 +272,7 @@ def retrieval_skill(mk: Maker, form: Form, lo: int, hi: int, choice: bool) -> Dr
     colours = rng.sample(list(COLOURS), n)
     gold = rng.randrange(n)
     pics = [mk.picture(c) for c in colours] + [mk.picture(colours[gold])]
-    body = " ".join(f"image{k + 1}:{{image#{k + 1}}}" for k in range(n))
+    body = " ".join(f"{{image#{k + 1}}} image{k + 1}." for k in range(n))
     context = f"{body} Anchor Image: {{image#{n + 1}}}. {form.question}"
     return Draft(context, pics, f"image{gold + 1}", [f"image{k + 1}" for k in range(n)])
 

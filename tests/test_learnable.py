@@ -98,8 +98,8 @@ def answer_from_prompt(rule: str, context: str, colours: list[str]) -> str:
     """The answer a dataset's question asks for, worked out from the text and the pictures."""
     question = context.rsplit("\n", 1)[-1]
     if rule in ("label", "named"):
-        # "<label> 3: {image#3}" or "<name>: {image#4}", one per line; the question names two
-        where = {m.group(1).strip(): int(m.group(2)) for m in re.finditer(r"^(.+?): \{image#(\d+)\}$", context, re.M)}
+        # "{image#3} <label> 3." or "{image#4} <name>.", one per line; the question names two
+        where = {m.group(2).strip(): int(m.group(1)) for m in re.finditer(r"^\{image#(\d+)\} (.+?)\.$", context, re.M)}
         assert len(where) == len(colours)
         named = [key for _, key in sorted((m.start(), key) for key in where
                                           for m in re.finditer(rf"\b{re.escape(key)}\b(?!\d)", question))]
