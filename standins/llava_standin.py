@@ -39,7 +39,8 @@ from transformers import LlavaForConditionalGeneration
 from csp.models.adapters import ModelAdapter
 from csp.models.tiny import build_llava
 from milebench import catalog
-from milebench.learnable import DEFAULT_DIR, DEFAULT_SAMPLES, IMAGE_SIZE, MARKER_FILE, TRAIN_DIR, ensure_learnable
+from milebench.learnable import (DEFAULT_DIR, DEFAULT_SAMPLES, GENERATOR_VERSION, IMAGE_SIZE, MARKER_FILE, TRAIN_DIR,
+                                ensure_learnable)
 from milebench.prompt import prepare_sample
 from standins import checkpoint
 
@@ -67,6 +68,7 @@ class Recipe:
     weight_decay: float = 0.0
     threads: int = 2
     data_seed: int = 0
+    data_version: int = GENERATOR_VERSION  # the learnable data's generator: a new one retrains the model
     train_samples: int = 400  # per dataset
     curriculum_start: float = 0.1  # share of each dataset's (shortest) examples drawn from at step 0
     curriculum_ramp: float = 0.5  # share of the steps after which every example is drawn from
@@ -329,12 +331,14 @@ def build_standin_model(out: Path, recipe: Recipe, data_dir: Path | None = None,
     """Train and save atomically (build beside `out`, then rename), like csp.models.tiny."""
     data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DIR
     marker = data_dir / MARKER_FILE
-    if marker.is_file():  # a generated copy: train on it only if it holds this recipe's training split
+    if marker.is_file():  # a generated copy: train on it only if this generator made it with this recipe's split
         made = json.loads(marker.read_text(encoding="utf-8"))
-        if (made.get("train"), made.get("seed")) != (recipe.train_samples, recipe.data_seed):
+        wanted = (recipe.data_version, recipe.train_samples, recipe.data_seed)
+        if (made.get("generator_version"), made.get("train"), made.get("seed")) != wanted:
             if data_dir.resolve() != DEFAULT_DIR.resolve():
-                raise ValueError(f"{marker}: made with train={made.get('train')} seed={made.get('seed')}, but the "
-                                 f"recipe needs train={recipe.train_samples} seed={recipe.data_seed}")
+                raise ValueError(f"{marker}: made by generator version {made.get('generator_version')} with "
+                                 f"train={made.get('train')} seed={made.get('seed')}, but the recipe needs version "
+                                 f"{recipe.data_version}, train={recipe.train_samples} seed={recipe.data_seed}")
             ensure_learnable(data_dir, samples=made.get("samples", DEFAULT_SAMPLES), train=recipe.train_samples,
                              seed=recipe.data_seed)
     else:

@@ -239,6 +239,21 @@ def test_model_config_names_the_trained_checkpoint() -> None:
         check_model_config(dict(cfg, trained="nonsense"))
 
 
+def test_data_from_another_generator_version_is_refused(learnable_data: Path, tmp_path: Path) -> None:
+    """A stand-in must never train on data an older generator wrote (a label before its
+    picture instead of after it is another task): a copy outside the default folder is refused,
+    naming both versions, before any training."""
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    made = json.loads((learnable_data / "LEARNABLE.json").read_text())
+    (stale / "LEARNABLE.json").write_text(json.dumps({**made, "generator_version": made["generator_version"] - 1}))
+    recipe = Recipe(**{**TEST_RECIPE, "train_samples": made["train"], "data_seed": made["seed"]})
+    with pytest.raises(ValueError, match=rf"generator version {made['generator_version'] - 1} .*needs version "
+                                         rf"{recipe.data_version}"):
+        build_standin_model(tmp_path / "model", recipe, stale, quiet=True)
+    assert not (tmp_path / "model").exists()
+
+
 def test_training_is_deterministic_for_a_seed(learnable_data: Path) -> None:
     def weights(seed: int) -> dict[str, torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
