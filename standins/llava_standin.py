@@ -330,6 +330,9 @@ def build_standin_model(out: Path, recipe: Recipe, data_dir: Path | None = None,
                       time_limit: float | None = None) -> Path:
     """Train and save atomically (build beside `out`, then rename), like csp.models.tiny."""
     data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DIR
+    if recipe.data_version != GENERATOR_VERSION:
+        raise ValueError(f"the recipe asks for learnable data of generator version {recipe.data_version}, but this "
+                         f"code's generator is version {GENERATOR_VERSION}")
     marker = data_dir / MARKER_FILE
     if marker.is_file():  # a generated copy: train on it only if this generator made it with this recipe's split
         made = json.loads(marker.read_text(encoding="utf-8"))

@@ -13,6 +13,7 @@ suite can afford did not learn reliably (see the README); tests/test_proxy.py ho
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -251,6 +252,8 @@ def test_data_from_another_generator_version_is_refused(learnable_data: Path, tm
     with pytest.raises(ValueError, match=rf"generator version {made['generator_version'] - 1} .*needs version "
                                          rf"{recipe.data_version}"):
         build_standin_model(tmp_path / "model", recipe, stale, quiet=True)
+    with pytest.raises(ValueError, match=r"generator version 0, but this code's generator is version"):
+        build_standin_model(tmp_path / "model", dataclasses.replace(recipe, data_version=0), learnable_data, quiet=True)
     assert not (tmp_path / "model").exists()
 
 
