@@ -76,10 +76,12 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
-def build_folder_atomic(target: Path | str, build: Callable[[Path], object]) -> Path:
+def build_folder_atomic(target: Path | str, build: Callable[[Path], object],
+                        installed: Callable[[Path], bool] = Path.exists) -> Path:
     """`build(tmp)` fills a temporary sibling of `target`, which is then renamed over it, so a
     reader never sees half a folder. Concurrent builders may race: the last rename wins, a
-    lost race is no error, and every leftover is removed."""
+    lost race is no error when the winner's folder passes `installed` (by default: it exists),
+    and every leftover is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -94,7 +96,7 @@ def build_folder_atomic(target: Path | str, build: Callable[[Path], object]) -> 
         try:
             os.replace(tmp, target)
         except OSError:
-            if not target.exists():  # a real failure, not a lost race
+            if not installed(target):  # a real failure, not a lost race
                 raise
     finally:
         for leftover in (tmp, stale):

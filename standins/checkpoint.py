@@ -2,17 +2,18 @@
 
 Both trained stand-ins (proxy_llava.py, llava_standin.py) store the recipe that decided their
 weights in a JSON file beside them, reuse a folder only when that recipe matches, and build a
-new one beside the old and rename it into place, so a reader never sees half a checkpoint.
+new one beside the old and rename it into place (milebench.files.build_folder_atomic), so a
+reader never sees half a checkpoint.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
+
+from milebench.files import build_folder_atomic
 
 
 def recipe_json(recipe: Any) -> dict:
@@ -30,29 +31,15 @@ def is_current(folder: Path, recipe: Any, recipe_file: str) -> bool:
 
 def save_trained(out: Path, recipe: Any, recipe_file: str, train: Callable[[], tuple[Any, Any, dict]]) -> Path:
     """Run `train` (-> model, processor, stats) and save its result atomically into `out`
-    (built beside it, then renamed), like csp.models.tiny."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-    try:
+    (milebench.files.build_folder_atomic); a concurrent build that wins the rename must hold
+    this recipe."""
+
+    def build(tmp: Path) -> None:
         model, processor, stats = train()
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / recipe_file).write_text(json.dumps({"recipe": recipe_json(recipe), "stats": stats},
                                                   indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale-", dir=out.parent))
-            try:
-                os.rename(out, stale / "old")
-            except OSError:
-                pass
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if not is_current(out, recipe, recipe_file):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+
+    return build_folder_atomic(out, build, installed=lambda folder: is_current(folder, recipe, recipe_file))
