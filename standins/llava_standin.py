@@ -197,7 +197,7 @@ def answer_loss(model: LlavaForConditionalGeneration, batch: list[Example], pad_
             rows.append(i)
             cols.append(p - 1)
             targets.append(int(e.input_ids[p]))
-        logits = model.lm_head(hidden[rows, cols])
+    logits = model.lm_head(hidden[rows, cols])
     return F.cross_entropy(logits.float(), torch.tensor(targets))
 
 
