@@ -26,6 +26,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
+from transformers import LlavaForConditionalGeneration
 
 from csp.engine.decode import greedy_generate
 from csp.engine.registry import build_method, method_names
@@ -36,8 +37,10 @@ from milebench.learnable import COLOURS, TRAIN_DIR, generate
 from milebench.prompt import prepare_sample
 from milebench.runner.loop import run
 from milebench.runner.models import check_model_config
+from standins.diagnose import evidence_attention, token_accuracy, token_kinds
 from standins.evaluate import OnlyLayers, load_standin
-from standins.llava_standin import CHAT_TEMPLATE, Recipe, build_standin_model, build_untrained, train
+from standins.llava_standin import (CHAT_TEMPLATE, Recipe, build_standin_model, build_untrained, encode_example,
+                                    train)
 
 ROOT = Path(__file__).resolve().parents[1]
 MC = [d.name for d in catalog.DATASETS if d.scoring == "choice"]
@@ -308,3 +311,68 @@ def test_pruning_one_layer_alone_touches_only_that_layer(standin, learnable_data
             == greedy_generate(standin, inputs, None, max_new_tokens=6).tokens)
     with pytest.raises(ValueError, match="cross-layer"):
         OnlyLayers(build_method("vlcache"), (0,))
+
+
+# ---------------------------------------------------------------- diagnostics -------------
+
+class Oracle:
+    """A stand-in's interface with known answers: its logits at each position put the argmax
+    on the NEXT input token (`shift=1`: a perfect teacher-forced model) or on the same one."""
+
+    device, dtype = torch.device("cpu"), torch.float32  # what the adapter's encoder asks of a model
+
+    def __init__(self, vocab: int, shift: int):
+        self.vocab, self.shift = vocab, shift
+
+    def __call__(self, input_ids: torch.Tensor, pixel_values=None):
+        target = torch.roll(input_ids, -self.shift, dims=1) if self.shift else input_ids
+        return type("Out", (), {"logits": torch.nn.functional.one_hot(target, self.vocab).float()})()
+
+
+def test_token_accuracy_reads_the_position_before_each_answer_token(standin, learnable_data) -> None:
+    vocab = standin.model.config.text_config.vocab_size
+    real = standin.model
+    try:
+        standin.model = Oracle(vocab, shift=1)
+        tokens, perfect = token_accuracy(standin, learnable_data, "ObjectExistence", limit=3)
+        standin.model = Oracle(vocab, shift=0)
+        _, copying = token_accuracy(standin, learnable_data, "ObjectExistence", limit=3)
+    finally:
+        standin.model = real
+    assert tokens[-1] == "</s>" and len(tokens) >= 4
+    assert perfect == [1.0] * len(tokens)
+    assert max(copying) < 1.0
+
+
+def test_evidence_is_the_answer_colours_shapes(standin, learnable_data) -> None:
+    """Token kinds checked against the pictures read from their pixels (this file's reader):
+    the evidence lies on the pictures whose colour the answer names, and only on their shapes;
+    every image token gets a kind, text is the rest; truncation keeps the last pictures."""
+    seen_truncated = False
+    for name in catalog.NAMES:
+        dataset = load_dataset(learnable_data, name)
+        for s in dataset.samples:
+            e = encode_example(standin, s, dataset)
+            prompt = e.input_ids[: e.answer_start]
+            kinds = token_kinds(standin, s, dataset, prompt)
+            image = prompt == standin.image_token_id
+            assert bool((kinds[~image] == 3).all()) and bool((kinds[image] < 3).all())
+            kept = s.images[len(s.images) - e.pixel_values.shape[0]:]
+            seen_truncated |= len(kept) < len(s.images)
+            per_picture = kinds[image].reshape(len(kept), -1)
+            for path, row in zip(kept, per_picture):
+                colour = colour_of(dataset.root / IMAGES_DIR / path)
+                assert bool((row == 0).any()) == (colour in s.response), (name, s.sample_id, path)
+                assert 3 <= int((row < 2).sum()) <= 64  # a shape's patches, not the picture's
+    assert seen_truncated
+
+
+def test_evidence_attention_splits_each_heads_attention(standin_model, standin, learnable_data) -> None:
+    eager = LlavaForConditionalGeneration.from_pretrained(str(standin_model), attn_implementation="eager").eval()
+    mass, share = evidence_attention(eager, standin, learnable_data, "ActionLocalization", limit=2)
+    layers = standin.model.config.text_config.num_hidden_layers
+    heads = standin.model.config.text_config.num_attention_heads
+    assert mass.shape == (layers, heads, 4)
+    assert np.allclose(mass.sum(-1), 1.0, atol=1e-4)
+    assert (mass[..., 3] < 0.99).any()  # the last position, not the first (which sees only text)
+    assert 0.0 < share < 0.2

@@ -1,0 +1,129 @@
+"""Why a stand-in answers as it does: which answer tokens it gets, and where it looks.
+
+Free-running scores (`standins.evaluate`) say how often a whole answer is right; they cannot
+tell a model that finds the pictures but confuses their colours from one that finds nothing.
+Two measurements on the scored split that can:
+
+- `token_accuracy`: teacher-forced, the share of samples whose every answer token is the
+  argmax given the gold tokens before it, token by token ("red and blue": the first colour
+  comes from the prefill, the second from the cache a method leaves);
+- `evidence_attention`: per layer and head, how much of the last prompt position's attention
+  falls on the patches of the pictures that hold the answer's colours (the evidence), on other
+  shapes' patches, on the grey ground, and on text; beside the evidence's share of the prompt.
+  A head that puts 0.6 of its attention on 3% of the tokens has learnt to find the evidence.
+
+    python -m standins.diagnose [--model models/standin-llava] [--data data/milebench-learnable]
+                                [--datasets ObjectExistence,ActionLocalization] [--limit 6] [--attention]
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import LlavaForConditionalGeneration
+
+from csp.models.adapters import ModelAdapter
+from milebench import catalog
+from milebench.data import IMAGES_DIR, load_dataset
+from milebench.learnable import COLOURS
+from standins.llava_standin import encode_example, patch_classes
+
+KINDS = ("evidence", "other shapes", "ground", "text")
+
+
+def token_accuracy(adapter: ModelAdapter, data_dir: Path | str, name: str,
+                   limit: int | None = None) -> tuple[list[str], list[float]]:
+    """The gold answer tokens of the first sample and, position by position, the share of
+    samples whose token there is the model's argmax (teacher-forced; EOS included)."""
+    dataset = load_dataset(Path(data_dir), name)
+    hits: list[int] = []
+    counts: list[int] = []
+    tokens: list[str] = []
+    for s in dataset.samples[:limit]:
+        e = encode_example(adapter, s, dataset)
+        with torch.no_grad():
+            logits = adapter.model(input_ids=e.input_ids[None], pixel_values=e.pixel_values).logits[0]
+        gold = e.input_ids[e.answer_start:]
+        right = (logits[e.answer_start - 1: e.length - 1].argmax(-1) == gold).tolist()
+        if not tokens:
+            tokens = adapter.processor.tokenizer.convert_ids_to_tokens(gold.tolist())
+        for k, ok in enumerate(right):
+            if k == len(hits):
+                hits.append(0)
+                counts.append(0)
+            hits[k] += int(ok)
+            counts[k] += 1
+    return tokens, [h / c for h, c in zip(hits, counts)]
+
+
+def token_kinds(adapter: ModelAdapter, sample, dataset, input_ids: torch.Tensor) -> torch.Tensor:
+    """For each prompt position: 0 evidence (a patch on the shape of a picture whose colour the
+    answer names), 1 a patch on another shape, 2 a ground patch, 3 text. Pictures dropped by
+    MileBench's truncation are the first ones, so the kept ones are the last."""
+    raw = torch.stack([torch.from_numpy(np.array(Image.open(dataset.root / IMAGES_DIR / p).convert("RGB")))
+                       .permute(2, 0, 1) for p in sample.images])
+    classes = patch_classes(raw)
+    image_pos = (input_ids == adapter.image_token_id).nonzero().flatten()
+    kept = image_pos.numel() // classes.shape[1]
+    classes = classes[classes.shape[0] - kept:]
+    answer = torch.tensor([2 + i for i, c in enumerate(COLOURS) if c in sample.response], dtype=torch.long)
+    picture_has = torch.isin(classes, answer).any(-1, keepdim=True)  # its shape has an answer colour
+    kinds = torch.full((input_ids.numel(),), 3)
+    kinds[image_pos] = torch.where((classes > 0) & picture_has, 0, torch.where(classes > 0, 1, 2)).flatten()
+    return kinds
+
+
+def evidence_attention(eager: LlavaForConditionalGeneration, adapter: ModelAdapter, data_dir: Path | str,
+                       name: str, limit: int | None = 6) -> tuple[np.ndarray, float]:
+    """(layers, heads, KINDS) the last prompt position's attention mass on each kind of token,
+    averaged over samples, and the evidence's share of the prompt's tokens. `eager`: the
+    model loaded with eager attention, the only kind that returns its weights."""
+    dataset = load_dataset(Path(data_dir), name)
+    total, share, n = None, 0.0, 0
+    for s in dataset.samples[:limit]:
+        e = encode_example(adapter, s, dataset)
+        prompt = e.input_ids[: e.answer_start]
+        kinds = token_kinds(adapter, s, dataset, prompt)
+        with torch.no_grad():
+            out = eager(input_ids=prompt[None], pixel_values=e.pixel_values, output_attentions=True)
+        last = torch.stack([a[0, :, -1, :] for a in out.attentions])  # layers, heads, keys
+        mass = torch.stack([last[..., kinds == k].sum(-1) for k in range(len(KINDS))], -1).numpy()
+        total = mass if total is None else total + mass
+        share += float((kinds == 0).float().mean())
+        n += 1
+    return total / n, share / n
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from milebench.learnable import DEFAULT_DIR
+    from standins.evaluate import load_standin
+    from standins.llava_standin import default_folder
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=default_folder(0))
+    ap.add_argument("--data", type=Path, default=DEFAULT_DIR)
+    ap.add_argument("--datasets", default=",".join(catalog.NAMES))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--attention", action="store_true", help="also the attention on the evidence, per layer and head")
+    args = ap.parse_args(argv)
+    adapter = load_standin(args.model)
+    eager = (LlavaForConditionalGeneration.from_pretrained(str(args.model), attn_implementation="eager").eval()
+             if args.attention else None)
+    for name in args.datasets.split(","):
+        tokens, acc = token_accuracy(adapter, args.data, name, args.limit)
+        print(f"{name:24s} " + " ".join(f"{t}:{a:.2f}" for t, a in zip(tokens, acc)), flush=True)
+        if args.attention:
+            mass, share = evidence_attention(eager, adapter, args.data, name, args.limit or 6)
+            print(f"  evidence is {share:.3f} of the prompt; attention of the last prompt position "
+                  f"({' / '.join(KINDS)}):")
+            for layer, heads in enumerate(mass):
+                print(f"  layer {layer}: " + "  ".join(f"h{h} " + "/".join(f"{v:.2f}" for v in m)
+                                                     for h, m in enumerate(heads)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
