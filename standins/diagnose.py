@@ -4,13 +4,16 @@ Free-running scores (`standins.evaluate`) say how often a whole answer is right;
 tell a model that finds the pictures but confuses their colours from one that finds nothing.
 Two measurements on the scored split that can:
 
-- `token_accuracy`: teacher-forced, the share of samples whose every answer token is the
-  argmax given the gold tokens before it, token by token ("red and blue": the first colour
-  comes from the prefill, the second from the cache a method leaves);
+- `token_accuracy`: teacher-forced, for each answer position the share of samples whose gold
+  token there is the argmax given the gold tokens before it ("red and blue": the first colour
+  comes from the prefill, the second from the cache a method leaves). Positions, not words:
+  a colour the tokenizer splits in two (" white" is `Ġwhit e` for the stand-in) shifts the
+  later positions of that sample;
 - `evidence_attention`: per layer and head, how much of the last prompt position's attention
   falls on the patches of the pictures that hold the answer's colours (the evidence), on other
   shapes' patches, on the grey ground, and on text; beside the evidence's share of the prompt.
   A head that puts 0.6 of its attention on 3% of the tokens has learnt to find the evidence.
+  Answers that name no colour (the text needle's number, GPR1200's `imageK`) have none.
 
     python -m standins.diagnose [--model models/standin-llava] [--data data/milebench-learnable]
                                 [--datasets ObjectExistence,ActionLocalization] [--limit 6] [--attention]
