@@ -67,9 +67,7 @@ def token_kinds(adapter: ModelAdapter, sample, dataset, input_ids: torch.Tensor)
     """For each prompt position: 0 evidence (a patch on the shape of a picture whose colour the
     answer names), 1 a patch on another shape, 2 a ground patch, 3 text. Pictures dropped by
     MileBench's truncation are the first ones, so the kept ones are the last."""
-    raw = torch.stack([torch.from_numpy(np.array(Image.open(dataset.root / IMAGES_DIR / p).convert("RGB")))
-                       .permute(2, 0, 1) for p in sample.images])
-    classes = patch_classes(raw)
+    classes = patch_classes([Image.open(dataset.root / IMAGES_DIR / p).convert("RGB") for p in sample.images])
     image_pos = (input_ids == adapter.image_token_id).nonzero().flatten()
     kept = image_pos.numel() // classes.shape[1]
     classes = classes[classes.shape[0] - kept:]

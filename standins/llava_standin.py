@@ -28,12 +28,14 @@ import math
 import random
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
 from csp.models.adapters import ModelAdapter
@@ -203,15 +205,15 @@ def answer_loss(model: LlavaForConditionalGeneration, batch: list[Example], pad_
 
 # ---------------------------------------------------------------- the vision tower ------
 
-def patch_classes(pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) uint8 pictures -> (N, patches) the class under each 14 px patch, by the
-    majority of its pixels: 0 the grey ground, 1 a grey shape, 2.. the colours of COLOURS."""
+def patch_classes(pictures: Sequence[Image.Image]) -> torch.Tensor:
+    """N RGB pictures -> (N, patches) the class under each 14 px patch, by the majority of its
+    pixels: 0 the grey ground, 1 a grey shape, 2.. the colours of COLOURS."""
     from milebench.learnable import BACKGROUND, COLOURS, GREY_SHADES
 
     palette = torch.tensor([(BACKGROUND,) * 3, *[(g,) * 3 for g in GREY_SHADES], *COLOURS.values()],
                            dtype=torch.float32)
     cls = torch.tensor([0, *[1] * len(GREY_SHADES), *range(2, 2 + len(COLOURS))])
-    flat = pixels.float().permute(0, 2, 3, 1)  # N, H, W, 3
+    flat = torch.from_numpy(np.stack([np.asarray(p) for p in pictures])).float()  # N, H, W, 3
     nearest = cls[torch.cdist(flat.reshape(-1, 3), palette).argmin(-1)].reshape(flat.shape[:3])
     n, h, w = nearest.shape
     patches = nearest.reshape(n, h // 14, 14, w // 14, 14).permute(0, 1, 3, 2, 4).reshape(n, (h // 14) * (w // 14), -1)
@@ -224,16 +226,13 @@ def pretrain_vision(model: LlavaForConditionalGeneration, processor, data_dir: P
     seconds, on the training split's pictures: the features the projector reads must tell,
     through a linear probe, what lies under each patch (ground, grey shape, or which colour).
     Then it is frozen, as LLaVA's is, and the answer loss trains the projector and decoder."""
-    from PIL import Image
-
     t0 = time.perf_counter()
     files = sorted({p.name: p for p in Path(data_dir).glob(f"*/images/**/*.png")}.values())
     if not files:
         raise FileNotFoundError(f"{data_dir}: no training pictures to pretrain the vision tower on")
-    raw = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
-                       for f in files])
-    labels = patch_classes(raw)
-    pixels = processor.image_processor([Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
+    pictures = [Image.open(f).convert("RGB") for f in files]
+    labels = patch_classes(pictures)
+    pixels = processor.image_processor(pictures, return_tensors="pt")["pixel_values"]
     tower = model.model.vision_tower
     layer = model.config.vision_feature_layer
     probe = torch.nn.Linear(tower.config.hidden_size, int(labels.max()) + 1)
