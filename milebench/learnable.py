@@ -13,7 +13,7 @@ minutes (`standins.llava_standin` trains it), and its shape is LLaVA-1.5's on Mi
   in a video, a change between pictures or a match with an anchor, so the other pictures are
   distractors that look like evidence;
 - the answer's content comes first and takes more than one content token, drawn from two
-  places ("red and blue": the colours of two pictures; "748": a number's digits; "redblue":
+  places ("red and blue": the colours of two pictures; "748": a number's digits; "red:blue":
   the two needle pictures' colours as one word), so the tokens decoded after the prefill
   need the pruned cache.
 
@@ -58,7 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / "data" / "milebench-learnable"
 TRAIN_DIR = "train"
 MARKER_FILE = "LEARNABLE.json"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DEFAULT_SAMPLES = 12
 DEFAULT_TRAIN = 400
 
@@ -253,7 +253,10 @@ def text_needle_skill(mk: Maker, form: Form, lo: int, hi: int, choice: bool) -> 
 
 
 def image_needle_skill(mk: Maker, form: Form, lo: int, hi: int, choice: bool) -> Draft:
-    """Grey pictures but for two coloured ones: the answer is their colours as one word."""
+    """Grey pictures but for two coloured ones: the answer is their colours as one word,
+    joined by a colon, which MileBench's normalisation keeps (a hyphen would split the word
+    and fail its whole-token match) and which leaves each colour's tokens the same whatever
+    its neighbour (run together, "whitered" is split as "whit|ere|d")."""
     rng = mk.rng
     n = rng.randint(max(3, lo), hi)
     colours = [GREY] * n
@@ -262,7 +265,7 @@ def image_needle_skill(mk: Maker, form: Form, lo: int, hi: int, choice: bool) ->
     colours[i], colours[j] = first, second
     pics = [mk.picture(c) for c in colours]
     body = form.intro + "".join(f"{{image#{k + 1}}}" for k in range(n))
-    return Draft(body + "\n" + form.question, pics, f"{first}{second}")
+    return Draft(body + "\n" + form.question, pics, f"{first}:{second}")
 
 
 def retrieval_skill(mk: Maker, form: Form, lo: int, hi: int, choice: bool) -> Draft:
@@ -327,7 +330,7 @@ TASKS: dict[str, Task] = {
     "nuscenes": Task(label_skill, Form("camera", "Question: Which colours are the cars seen by {a} and {b}?"), LABEL, MC),
     # NH, IR
     "TextNeedleInAHaystack": Task(text_needle_skill, Form(intro="Context: ", question="\nQuestion: What is the special magic {a} number?"), (6, 10), "Read the context and answer."),
-    "ImageNeedleInAHaystack": Task(image_needle_skill, Form(question="Question: Which word do the two coloured pictures spell, by their colours?"), (7, 12), "Find the needles."),
+    "ImageNeedleInAHaystack": Task(image_needle_skill, Form(question="Question: Which word do the two coloured pictures spell, by their colours (first:second)?"), (7, 12), "Find the needles."),
     "GPR1200": Task(retrieval_skill, Form(question="Choose the answer from the choice list."), (4, 6), "Find the image most similar to the anchor."),
 }
 assert tuple(TASKS) != () and set(TASKS) == set(catalog.NAMES), "every MileBench dataset needs a learnable form"

@@ -130,7 +130,7 @@ def answer_from_prompt(rule: str, context: str, colours: list[str]) -> str:
     if rule == "image-needle":
         coloured = [c for c in colours if c != "grey"]
         assert len(coloured) == 2
-        return "".join(coloured)
+        return ":".join(coloured)
     assert rule == "retrieval" and "Anchor Image: {image#" in context
     *candidates, anchor = colours
     assert candidates.count(anchor) == 1 and len(set(candidates)) == len(candidates)
