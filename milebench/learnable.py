@@ -334,6 +334,9 @@ TASKS: dict[str, Task] = {
     "GPR1200": Task(retrieval_skill, Form(question="Choose the answer from the choice list."), (4, 6), "Find the image most similar to the anchor."),
 }
 assert tuple(TASKS) != () and set(TASKS) == set(catalog.NAMES), "every MileBench dataset needs a learnable form"
+# The datasets whose every picture is followed by its label or name ("<image> image 3.",
+# "<image> river.", "<image> image1."): a stand-in can be taught there what each picture shows.
+LABELLED = tuple(name for name, task in TASKS.items() if task.skill in (label_skill, named_skill, retrieval_skill))
 # Training samples are shorter than the scored ones (at most about 1200 tokens against 1800):
 # a lookup is learnt sooner among few pictures, a step costs half as much, and the lookups
 # (by label, name, colour or position among few) carry over to longer prompts.

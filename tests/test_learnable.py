@@ -6,8 +6,8 @@ Data: every file passes the loader's validation, every answer follows from the p
 not from the generator's notes), the options never give the answer away, and the prompts
 have LLaVA-1.5's shape on MileBench (image share, tokens per picture, truncation).
 Model: the stand-in's config, its deterministic training (on a schedule of a few steps: the
-full one takes a quarter of an hour), the runner's path through it, keeping everything equal
-to the full cache, and the one-layer pruning tool. Quality thresholds on this data (full cache
+full one takes twelve minutes), the caption loss's targets and gradient, the runner's path
+through it, keeping everything equal to the full cache, and the one-layer pruning tool. Quality thresholds on this data (full cache
 above chance, `random` below the attention-guided methods) are not here yet: a schedule the
 suite can afford did not learn reliably (see the README); tests/test_proxy.py holds that role.
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from transformers import LlavaForConditionalGeneration
@@ -40,7 +41,7 @@ from milebench.runner.models import check_model_config
 from standins.diagnose import evidence_attention, token_accuracy, token_kinds
 from standins.evaluate import OnlyLayers, load_standin
 from standins.llava_standin import (CHAT_TEMPLATE, Recipe, build_standin_model, build_untrained, encode_example,
-                                    train)
+                                    train, train_step)
 
 ROOT = Path(__file__).resolve().parents[1]
 MC = [d.name for d in catalog.DATASETS if d.scoring == "choice"]
@@ -311,6 +312,86 @@ def test_pruning_one_layer_alone_touches_only_that_layer(standin, learnable_data
             == greedy_generate(standin, inputs, None, max_new_tokens=6).tokens)
     with pytest.raises(ValueError, match="cross-layer"):
         OnlyLayers(build_method("vlcache"), (0,))
+
+
+# ---------------------------------------------------------------- the caption loss --------
+
+def label_text(tokenizer, ids: torch.Tensor, position: int, image_id: int) -> str:
+    """The text from the last image token before `position` up to it: a picture's label."""
+    start = position
+    while int(ids[start - 1]) != image_id:
+        start -= 1
+    return tokenizer.decode(ids[start:position + 1]).strip()
+
+
+@pytest.mark.parametrize("split", ["scored", "train"])
+def test_caption_targets_name_each_labelled_pictures_colour(standin, learnable_data, split) -> None:
+    """The caption loss's targets against a truth they are not computed from: in the label and
+    name datasets the answer names, in order, the colours of the two pictures whose labels the
+    question asks for, so the targets at those two labels must spell the answer (and every
+    kept picture has one); GPR1200's candidates all differ in colour and the anchor has no
+    label. The datasets without labels get no targets."""
+    from milebench.learnable import LABELLED
+
+    tokenizer = standin.processor.tokenizer
+    colour_of_token = {tokenizer(" " + c, add_special_tokens=False).input_ids[0]: c for c in COLOURS}
+    root = learnable_data / TRAIN_DIR if split == "train" else learnable_data
+    checked = 0
+    for name in catalog.NAMES:
+        dataset = load_dataset(root, name)
+        for s in dataset.samples[:6]:
+            e = encode_example(standin, s, dataset, captions=name in LABELLED)
+            kept = e.pixel_values.shape[0]
+            if name not in LABELLED:
+                assert e.caption_positions == [] == e.caption_targets
+                continue
+            labels = {label_text(tokenizer, e.input_ids, p, standin.image_token_id): colour_of_token[t]
+                      for p, t in zip(e.caption_positions, e.caption_targets)}
+            if name == "GPR1200":
+                assert len(labels) == kept - 1 == len(set(labels.values())), (name, s.sample_id, labels)
+                continue
+            assert len(labels) == kept, (name, s.sample_id, labels)
+            if kept < len(s.images):
+                continue  # truncation may have dropped an asked picture
+            question = s.context.split("\n")[-1]
+            asked = sorted((m.start(), label) for label in labels
+                           for m in [re.search(rf"\b{re.escape(label)}\b", question)] if m)
+            assert len(asked) == 2, (name, s.sample_id, question, labels)
+            assert f"{labels[asked[0][1]]} and {labels[asked[1][1]]}" == s.response, (name, s.sample_id)
+            checked += 1
+    assert checked >= 20
+
+
+def test_train_step_is_the_answer_loss_plus_the_weighted_caption_loss(standin, learnable_data) -> None:
+    """`train_step`'s gradient against the textbook computation: the model's own logits over
+    the whole sequence, cross-entropy of the answer tokens (mean over the batch's answer
+    tokens) plus the weight times that of the caption targets (mean over the batch's)."""
+    dataset = load_dataset(learnable_data / TRAIN_DIR, "WebQA")
+    batch = [encode_example(standin, s, dataset, captions=True) for s in dataset.samples[:2]]
+    model = standin.model
+    params = [p for p in model.parameters() if p.dtype.is_floating_point]
+
+    def grads() -> list[torch.Tensor]:
+        out = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        model.zero_grad(set_to_none=True)
+        return out
+
+    model.zero_grad(set_to_none=True)
+    answer, caption = train_step(model, batch, caption_weight=0.5)
+    ours = grads()
+    answer_terms, caption_terms = [], []
+    for e in batch:
+        logits = model(input_ids=e.input_ids[None], pixel_values=e.pixel_values).logits[0]
+        answer_terms.append(F.cross_entropy(logits[e.answer_start - 1:-1], e.input_ids[e.answer_start:],
+                                            reduction="none"))
+        caption_terms.append(F.cross_entropy(logits[e.caption_positions], torch.tensor(e.caption_targets),
+                                             reduction="none"))
+    a, c = torch.cat(answer_terms).mean(), torch.cat(caption_terms).mean()
+    (a + 0.5 * c).backward()
+    textbook = grads()
+    assert answer == pytest.approx(a.item(), rel=1e-4) and caption == pytest.approx(c.item(), rel=1e-4)
+    assert len(torch.cat(caption_terms)) >= 4
+    assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-4) for x, y in zip(ours, textbook))
 
 
 # ---------------------------------------------------------------- diagnostics -------------
