@@ -13,14 +13,23 @@ Two measurements on the scored split that can:
   falls on the patches of the pictures that hold the answer's colours (the evidence), on other
   shapes' patches, on the grey ground, and on text; beside the evidence's share of the prompt.
   A head that puts 0.6 of its attention on 3% of the tokens has learnt to find the evidence.
-  Answers that name no colour (the text needle's number, GPR1200's `imageK`) have none.
+  Answers that name no colour (the text needle's number, GPR1200's `imageK`) have none;
+- `whole_answers` with `shuffle`: the share of samples whose whole answer is the argmax,
+  teacher-forced, as given and with each sample's pictures shuffled among themselves (labels,
+  question and options unchanged). If the share hardly drops, the answer does not rest on
+  which picture is where: the options or the text give it away, or the task only asks which
+  colours appear. The first stand-in that scored well on the label sets did so from the
+  options alone (the gold was the pair sharing its colours with two decoys).
 
     python -m standins.diagnose [--model models/standin-llava] [--data data/milebench-learnable]
                                 [--datasets ObjectExistence,ActionLocalization] [--limit 6] [--attention]
+                                [--shuffled]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +70,22 @@ def token_accuracy(adapter: ModelAdapter, data_dir: Path | str, name: str,
             hits[k] += int(ok)
             counts[k] += 1
     return tokens, [h / c for h, c in zip(hits, counts)]
+
+
+def whole_answers(adapter: ModelAdapter, data_dir: Path | str, name: str, limit: int | None = None,
+                  shuffle: random.Random | None = None) -> float:
+    """The share of samples whose every answer token (EOS included) is the argmax, teacher-
+    forced; with `shuffle`, each sample's pictures are shuffled among themselves first."""
+    dataset = load_dataset(Path(data_dir), name)
+    right = []
+    for s in dataset.samples[:limit]:
+        if shuffle is not None:
+            s = dataclasses.replace(s, images=shuffle.sample(s.images, len(s.images)))
+        e = encode_example(adapter, s, dataset)
+        with torch.no_grad():
+            logits = adapter.model(input_ids=e.input_ids[None], pixel_values=e.pixel_values).logits[0]
+        right.append(bool((logits[e.answer_start - 1: e.length - 1].argmax(-1) == e.input_ids[e.answer_start:]).all()))
+    return sum(right) / len(right)
 
 
 def token_kinds(adapter: ModelAdapter, sample, dataset, input_ids: torch.Tensor) -> torch.Tensor:
@@ -110,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--datasets", default=",".join(catalog.NAMES))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--attention", action="store_true", help="also the attention on the evidence, per layer and head")
+    ap.add_argument("--shuffled", action="store_true",
+                    help="also whole answers right with each sample's pictures shuffled (does the answer rest on them?)")
     args = ap.parse_args(argv)
     adapter = load_standin(args.model)
     eager = (LlavaForConditionalGeneration.from_pretrained(str(args.model), attn_implementation="eager").eval()
@@ -117,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in args.datasets.split(","):
         tokens, acc = token_accuracy(adapter, args.data, name, args.limit)
         print(f"{name:24s} " + " ".join(f"{t}:{a:.2f}" for t, a in zip(tokens, acc)), flush=True)
+        if args.shuffled:
+            print(f"  whole answers right: {whole_answers(adapter, args.data, name, args.limit):.2f}, with the pictures "
+                  f"shuffled {whole_answers(adapter, args.data, name, args.limit, random.Random(0)):.2f}", flush=True)
         if args.attention:
             mass, share = evidence_attention(eager, adapter, args.data, name, args.limit or 6)
             print(f"  evidence is {share:.3f} of the prompt; attention of the last prompt position "

@@ -38,7 +38,7 @@ from milebench.learnable import COLOURS, TRAIN_DIR, generate
 from milebench.prompt import prepare_sample
 from milebench.runner.loop import run
 from milebench.runner.models import check_model_config
-from standins.diagnose import evidence_attention, token_accuracy, token_kinds
+from standins.diagnose import evidence_attention, token_accuracy, token_kinds, whole_answers
 from standins.evaluate import OnlyLayers, load_standin
 from standins.llava_standin import (CHAT_TEMPLATE, Recipe, build_standin_model, build_untrained, encode_example,
                                     train, train_step)
@@ -423,6 +423,40 @@ def test_token_accuracy_reads_the_position_before_each_answer_token(standin, lea
     assert tokens[-1] == "</s>" and len(tokens) >= 4
     assert perfect == [1.0] * len(tokens)
     assert max(copying) < 1.0
+
+
+class PictureGate(Oracle):
+    """The perfect teacher-forced model, but only for the pictures it was shown first: with
+    other pixel values it copies the current token (wrong everywhere)."""
+
+    def __init__(self, vocab: int):
+        super().__init__(vocab, shift=1)
+        self.seen: set[int] = set()
+        self.recording = True
+
+    def __call__(self, input_ids: torch.Tensor, pixel_values=None):
+        key = hash(pixel_values.numpy().tobytes())
+        if self.recording:
+            self.seen.add(key)
+        self.shift = 1 if key in self.seen else 0
+        return super().__call__(input_ids, pixel_values)
+
+
+def test_whole_answers_shuffles_each_samples_pictures(standin, learnable_data) -> None:
+    import random
+
+    vocab = standin.model.config.text_config.vocab_size
+    real = standin.model
+    try:
+        standin.model = gate = PictureGate(vocab)
+        as_given = whole_answers(standin, learnable_data, "ObjectExistence")
+        gate.recording = False
+        shuffled = whole_answers(standin, learnable_data, "ObjectExistence", shuffle=random.Random(0))
+        again = whole_answers(standin, learnable_data, "ObjectExistence")
+    finally:
+        standin.model = real
+    assert as_given == 1.0 == again
+    assert shuffled < 0.5
 
 
 def test_evidence_is_the_answer_colours_shapes(standin, learnable_data) -> None:
