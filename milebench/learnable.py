@@ -58,7 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / "data" / "milebench-learnable"
 TRAIN_DIR = "train"
 MARKER_FILE = "LEARNABLE.json"
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 DEFAULT_SAMPLES = 12
 DEFAULT_TRAIN = 400
 
@@ -144,15 +144,14 @@ class Maker:
         return out
 
     def pair_options(self, a: str, b: str) -> list[str]:
-        """Four colour pairs: the gold, one with its first colour, one with its second, one
-        with neither; so the first answer token alone never settles the option."""
-        rng = self.rng
-        others = [c for c in COLOURS if c not in (a, b)]
-        b2, a2 = rng.sample(others, 2)
-        a3 = rng.choice([c for c in COLOURS if c not in (a, a2)])
-        b3 = rng.choice([c for c in COLOURS if c not in (b, b2, a3)])
-        options = [pair(a, b), pair(a, b2), pair(a2, b), pair(a3, b3)]
-        rng.shuffle(options)
+        """Four colour pairs on a 2 x 2 grid: first colour a or x, second colour b or y (x and
+        y two other colours). Every first colour and every second colour occurs in exactly two
+        options, so neither answer token alone settles the option, and nothing in the options'
+        make-up marks the gold: with the gold sharing its colours with two decoys and the
+        decoys not with each other, "the colour named twice" would point at it."""
+        x, y = self.rng.sample([c for c in COLOURS if c not in (a, b)], 2)
+        options = [pair(a, b), pair(a, y), pair(x, b), pair(x, y)]
+        self.rng.shuffle(options)
         return options
 
 

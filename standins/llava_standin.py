@@ -15,7 +15,7 @@ runner, methods and scorer, so pruning methods separate.
 What makes minutes of CPU go far: the vision tower pretrained on the pictures and frozen
 (`pretrain_vision`, as LLaVA's tower comes pretrained), a caption loss that names each
 labelled picture's colour at its label (`caption_targets`, as LLaVA learns from captions
-before it answers questions: without it the lookups by label or name stay at chance), a
+before it answers questions; it helps the lookups by label or name a little, see the README), a
 curriculum (each dataset's shortest examples first, widening to all), datasets drawn by
 weight (`DRAW_WEIGHTS`), one example at a time (no padding), and the output layer tied to the
 input embedding. Deterministic for a seed and a thread count (`--threads`, 2 by default): the
@@ -150,11 +150,12 @@ def caption_targets(prompt_ids: list[int], pictures: Sequence[Image.Image], adap
     datasets in `milebench.learnable.LABELLED`, where that text is each picture's label.
 
     LLaVA learns what pictures show from captions before it learns to answer questions about
-    them; this is that stage in small. Trained to name the colour at each label, the stand-in
-    binds a picture to the label written after it with a loss at every labelled picture,
-    instead of finding the binding from the one answer per sample, which it does not do
-    within the default schedule. The scored prompts carry no colours: the answer is still
-    read from the pictures. Pictures with no coloured shape (grey fillers) get no target."""
+    them; this is that stage in small: the binding of a picture to the label written after it
+    gets a loss at every labelled picture, not only through the one answer per sample. (On
+    ObjectExistence and WebQA alone, 400 steps, it raised the held-out first colour from 0.31
+    to 0.41; the lookup is still far from learnt.) The scored prompts carry no colours: the
+    answer is still read from the pictures. Pictures with no coloured shape (grey fillers) get
+    no target."""
     tokenizer = adapter.processor.tokenizer
     image_id = tokenizer.convert_tokens_to_ids(adapter.image_token)
     stop_id = tokenizer.convert_tokens_to_ids(".")
