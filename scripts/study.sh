@@ -5,7 +5,7 @@
 #   bash scripts/study.sh                        # results/study/standin-llava/
 #   STUDY_SEED=1 bash scripts/study.sh           # the second training seed: results/study/standin-llava-seed1/
 #   STUDY_BUDGETS="0.1 0.2" bash scripts/study.sh limit=6
-# Builds what is missing first (the data, the trained model: about twelve minutes). Budget b keeps
+# Builds what is missing first (the data, the trained model: about thirteen minutes). Budget b keeps
 # b of the prompt, half of it the most recent tokens (recent_ratio = b / 2, the reference's
 # 0.1 + 0.1 at 0.2). The methods run as two Hydra multiruns side by side, one thread each (two
 # cores); every run resumes what it already has. Extra arguments go to every run.

@@ -6,7 +6,7 @@ Data: every file passes the loader's validation, every answer follows from the p
 not from the generator's notes), the options never give the answer away, and the prompts
 have LLaVA-1.5's shape on MileBench (image share, tokens per picture, truncation).
 Model: the stand-in's config, its deterministic training (on a schedule of a few steps: the
-full one takes twelve minutes), the caption loss's targets and gradient, the runner's path
+full one takes thirteen minutes), the caption loss's targets and gradient, the runner's path
 through it, keeping everything equal to the full cache, and the one-layer pruning tool. Quality thresholds on this data (full cache
 above chance, `random` below the attention-guided methods) are not here yet: a schedule the
 suite can afford did not learn reliably (see the README); tests/test_proxy.py holds that role.
