@@ -47,45 +47,53 @@ from standins.llava_standin import encode_example, patch_classes
 KINDS = ("evidence", "other shapes", "ground", "text")
 
 
-def token_accuracy(adapter: ModelAdapter, data_dir: Path | str, name: str,
-                   limit: int | None = None) -> tuple[list[str], list[float]]:
-    """The gold answer tokens of the first sample and, position by position, the share of
-    samples whose token there is the model's argmax (teacher-forced; EOS included)."""
+def answer_hits(adapter: ModelAdapter, data_dir: Path | str, name: str, limit: int | None = None,
+                shuffle: random.Random | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample: the gold answer tokens (EOS included) and whether each is the model's
+    argmax, teacher-forced. With `shuffle`, each sample's pictures are shuffled among
+    themselves first (text and options unchanged)."""
     dataset = load_dataset(Path(data_dir), name)
-    hits: list[int] = []
-    counts: list[int] = []
-    tokens: list[str] = []
-    for s in dataset.samples[:limit]:
-        e = encode_example(adapter, s, dataset)
-        with torch.no_grad():
-            logits = adapter.model(input_ids=e.input_ids[None], pixel_values=e.pixel_values).logits[0]
-        gold = e.input_ids[e.answer_start:]
-        right = (logits[e.answer_start - 1: e.length - 1].argmax(-1) == gold).tolist()
-        if not tokens:
-            tokens = adapter.processor.tokenizer.convert_ids_to_tokens(gold.tolist())
-        for k, ok in enumerate(right):
-            if k == len(hits):
-                hits.append(0)
-                counts.append(0)
-            hits[k] += int(ok)
-            counts[k] += 1
-    return tokens, [h / c for h, c in zip(hits, counts)]
-
-
-def whole_answers(adapter: ModelAdapter, data_dir: Path | str, name: str, limit: int | None = None,
-                  shuffle: random.Random | None = None) -> float:
-    """The share of samples whose every answer token (EOS included) is the argmax, teacher-
-    forced; with `shuffle`, each sample's pictures are shuffled among themselves first."""
-    dataset = load_dataset(Path(data_dir), name)
-    right = []
+    out = []
     for s in dataset.samples[:limit]:
         if shuffle is not None:
             s = dataclasses.replace(s, images=shuffle.sample(s.images, len(s.images)))
         e = encode_example(adapter, s, dataset)
         with torch.no_grad():
             logits = adapter.model(input_ids=e.input_ids[None], pixel_values=e.pixel_values).logits[0]
-        right.append(bool((logits[e.answer_start - 1: e.length - 1].argmax(-1) == e.input_ids[e.answer_start:]).all()))
-    return sum(right) / len(right)
+        gold = e.input_ids[e.answer_start:]
+        out.append((gold, logits[e.answer_start - 1: e.length - 1].argmax(-1) == gold))
+    return out
+
+
+def position_shares(hits: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """Position by position, the share of samples whose answer token there is right."""
+    right: list[list[bool]] = []
+    for _, ok in hits:
+        for k, v in enumerate(ok.tolist()):
+            if k == len(right):
+                right.append([])
+            right[k].append(v)
+    return [sum(r) / len(r) for r in right]
+
+
+def whole_share(hits: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The share of samples whose every answer token is right."""
+    return sum(bool(ok.all()) for _, ok in hits) / len(hits)
+
+
+def token_accuracy(adapter: ModelAdapter, data_dir: Path | str, name: str,
+                   limit: int | None = None) -> tuple[list[str], list[float]]:
+    """The gold answer tokens of the first sample and, position by position, the share of
+    samples whose token there is the model's argmax (teacher-forced; EOS included)."""
+    hits = answer_hits(adapter, data_dir, name, limit)
+    return adapter.processor.tokenizer.convert_ids_to_tokens(hits[0][0].tolist()), position_shares(hits)
+
+
+def whole_answers(adapter: ModelAdapter, data_dir: Path | str, name: str, limit: int | None = None,
+                  shuffle: random.Random | None = None) -> float:
+    """The share of samples whose every answer token (EOS included) is the argmax, teacher-
+    forced; with `shuffle`, each sample's pictures are shuffled among themselves first."""
+    return whole_share(answer_hits(adapter, data_dir, name, limit, shuffle))
 
 
 def token_kinds(adapter: ModelAdapter, sample, dataset, input_ids: torch.Tensor) -> torch.Tensor:
@@ -142,11 +150,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     eager = (LlavaForConditionalGeneration.from_pretrained(str(args.model), attn_implementation="eager").eval()
              if args.attention else None)
     for name in args.datasets.split(","):
-        tokens, acc = token_accuracy(adapter, args.data, name, args.limit)
-        print(f"{name:24s} " + " ".join(f"{t}:{a:.2f}" for t, a in zip(tokens, acc)), flush=True)
+        hits = answer_hits(adapter, args.data, name, args.limit)
+        tokens = adapter.processor.tokenizer.convert_ids_to_tokens(hits[0][0].tolist())
+        print(f"{name:24s} " + " ".join(f"{t}:{a:.2f}" for t, a in zip(tokens, position_shares(hits))), flush=True)
         if args.shuffled:
-            print(f"  whole answers right: {whole_answers(adapter, args.data, name, args.limit):.2f}, with the pictures "
-                  f"shuffled {whole_answers(adapter, args.data, name, args.limit, random.Random(0)):.2f}", flush=True)
+            shuffled = whole_answers(adapter, args.data, name, args.limit, random.Random(0))
+            print(f"  whole answers right: {whole_share(hits):.2f}, with the pictures shuffled {shuffled:.2f}", flush=True)
         if args.attention:
             mass, share = evidence_attention(eager, adapter, args.data, name, args.limit or 6)
             print(f"  evidence is {share:.3f} of the prompt; attention of the last prompt position "

@@ -157,7 +157,7 @@ def caption_targets(prompt_ids: list[int], pictures: Sequence[Image.Image], adap
     answer is still read from the pictures. Pictures with no coloured shape (grey fillers) get
     no target."""
     tokenizer = adapter.processor.tokenizer
-    image_id = tokenizer.convert_tokens_to_ids(adapter.image_token)
+    image_id = adapter.image_token_id
     stop_id = tokenizer.convert_tokens_to_ids(".")
     ends = {image_id, stop_id, *tokenizer("\n", add_special_tokens=False).input_ids[-1:]}
     colour_ids = [tokenizer(" " + c, add_special_tokens=False).input_ids[0] for c in COLOURS]

@@ -7,9 +7,10 @@ not from the generator's notes), the options never give the answer away, and the
 have LLaVA-1.5's shape on MileBench (image share, tokens per picture, truncation).
 Model: the stand-in's config, its deterministic training (on a schedule of a few steps: the
 full one takes thirteen minutes), the caption loss's targets and gradient, the runner's path
-through it, keeping everything equal to the full cache, and the one-layer pruning tool. Quality thresholds on this data (full cache
-above chance, `random` below the attention-guided methods) are not here yet: a schedule the
-suite can afford did not learn reliably (see the README); tests/test_proxy.py holds that role.
+through it, keeping everything equal to the full cache, and the one-layer pruning tool.
+Quality thresholds on this data (full cache above chance, `random` below the
+attention-guided methods) are not here yet: a schedule the suite can afford did not learn
+reliably (see the README); tests/test_proxy.py holds that role.
 """
 from __future__ import annotations
 
@@ -337,9 +338,11 @@ def test_caption_targets_name_each_labelled_pictures_colour(standin, learnable_d
     name datasets the answer names, in order, the colours of the two pictures whose labels the
     question asks for, so the targets at those two labels must spell the answer (and every
     kept picture has one); GPR1200's candidates all differ in colour and the anchor has no
-    label. The datasets without labels get no targets."""
+    label. LABELLED, the datasets trained with captions, are those this file's rules read as
+    labelled, named or retrieval."""
     from milebench.learnable import LABELLED
 
+    assert set(LABELLED) == {n for n, rule in RULES.items() if rule in ("label", "named", "retrieval")}
     tokenizer = standin.processor.tokenizer
     colour_of_token = {tokenizer(" " + c, add_special_tokens=False).input_ids[0]: c for c in COLOURS}
     root = learnable_data / TRAIN_DIR if split == "train" else learnable_data
@@ -347,11 +350,10 @@ def test_caption_targets_name_each_labelled_pictures_colour(standin, learnable_d
     for name in catalog.NAMES:
         dataset = load_dataset(root, name)
         for s in dataset.samples[:6]:
-            e = encode_example(standin, s, dataset, captions=name in LABELLED)
-            kept = e.pixel_values.shape[0]
             if name not in LABELLED:
-                assert e.caption_positions == [] == e.caption_targets
                 continue
+            e = encode_example(standin, s, dataset, captions=True)
+            kept = e.pixel_values.shape[0]
             labels = {label_text(tokenizer, e.input_ids, p, standin.image_token_id): colour_of_token[t]
                       for p, t in zip(e.caption_positions, e.caption_targets)}
             if name == "GPR1200":
