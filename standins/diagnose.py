@@ -14,6 +14,9 @@ Two measurements on the scored split that can:
   shapes' patches, on the grey ground, and on text; beside the evidence's share of the prompt.
   A head that puts 0.6 of its attention on 3% of the tokens has learnt to find the evidence.
   Answers that name no colour (the text needle's number, GPR1200's `imageK`) have none;
+- `caption_accuracy`: in the datasets whose pictures are labelled or named, how often the
+  label's last token names its picture's colour, teacher-forced: the first of the lookup's two
+  hops (the label reads its picture; the answer then finds the asked label);
 - `whole_answers` with `shuffle`: the share of samples whose whole answer is the argmax,
   teacher-forced, as given and with each sample's pictures shuffled among themselves (labels,
   question and options unchanged). If the share hardly drops, the answer does not rest on
@@ -23,7 +26,7 @@ Two measurements on the scored split that can:
 
     python -m standins.diagnose [--model models/standin-llava] [--data data/milebench-learnable]
                                 [--datasets ObjectExistence,ActionLocalization] [--limit 6] [--attention]
-                                [--shuffled]
+                                [--captions] [--shuffled]
 """
 from __future__ import annotations
 
@@ -41,10 +44,25 @@ from transformers import LlavaForConditionalGeneration
 from csp.models.adapters import ModelAdapter
 from milebench import catalog
 from milebench.data import IMAGES_DIR, load_dataset
-from milebench.learnable import COLOURS
+from milebench.learnable import COLOURS, LABELLED
 from standins.llava_standin import encode_example, patch_classes
 
 KINDS = ("evidence", "other shapes", "ground", "text")
+
+
+def teacher_forced(adapter: ModelAdapter, data_dir: Path | str, name: str, limit: int | None = None,
+                   shuffle: random.Random | None = None, captions: bool = False):
+    """Per scored sample, its encoded example (`encode_example`, with its caption targets when
+    `captions`) and the model's logits over it, teacher-forced. With `shuffle`, each sample's
+    pictures are shuffled among themselves first (text and options unchanged)."""
+    dataset = load_dataset(Path(data_dir), name)
+    for s in dataset.samples[:limit]:
+        if shuffle is not None:
+            s = dataclasses.replace(s, images=shuffle.sample(s.images, len(s.images)))
+        e = encode_example(adapter, s, dataset, captions=captions)
+        with torch.no_grad():  # closed before the yield: grad mode is global, the caller's own
+            logits = adapter.model(input_ids=e.input_ids[None], pixel_values=e.pixel_values).logits[0]
+        yield e, logits
 
 
 def answer_hits(adapter: ModelAdapter, data_dir: Path | str, name: str, limit: int | None = None,
@@ -52,17 +70,29 @@ def answer_hits(adapter: ModelAdapter, data_dir: Path | str, name: str, limit: i
     """Per sample: the gold answer tokens (EOS included) and whether each is the model's
     argmax, teacher-forced. With `shuffle`, each sample's pictures are shuffled among
     themselves first (text and options unchanged)."""
-    dataset = load_dataset(Path(data_dir), name)
     out = []
-    for s in dataset.samples[:limit]:
-        if shuffle is not None:
-            s = dataclasses.replace(s, images=shuffle.sample(s.images, len(s.images)))
-        e = encode_example(adapter, s, dataset)
-        with torch.no_grad():
-            logits = adapter.model(input_ids=e.input_ids[None], pixel_values=e.pixel_values).logits[0]
+    for e, logits in teacher_forced(adapter, data_dir, name, limit, shuffle):
         gold = e.input_ids[e.answer_start:]
         out.append((gold, logits[e.answer_start - 1: e.length - 1].argmax(-1) == gold))
     return out
+
+
+def caption_accuracy(adapter: ModelAdapter, data_dir: Path | str, name: str,
+                     limit: int | None = None) -> tuple[float, int] | None:
+    """The share of labelled pictures whose label's last token ("<image> view 3." -> " 3") has
+    the picture's colour as its argmax, and how many there were; None for a dataset without
+    labelled pictures (not in `LABELLED`). A lookup by label takes two hops: the label reads
+    its picture, then the answer finds the asked label. This measures the first alone, so a
+    lookup that fails can be told apart: labels that read their pictures and answers that
+    still miss mean the second hop is what is not learnt."""
+    if name not in LABELLED:
+        return None
+    right = total = 0
+    for e, logits in teacher_forced(adapter, data_dir, name, limit, captions=True):
+        guess = logits[e.caption_positions].argmax(-1)
+        right += int((guess == torch.tensor(e.caption_targets, dtype=torch.long)).sum())
+        total += len(e.caption_targets)
+    return right / max(1, total), total
 
 
 def position_shares(hits: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
@@ -143,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--datasets", default=",".join(catalog.NAMES))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--attention", action="store_true", help="also the attention on the evidence, per layer and head")
+    ap.add_argument("--captions", action="store_true",
+                    help="also how often each labelled picture's label names its colour (the lookup's first hop)")
     ap.add_argument("--shuffled", action="store_true",
                     help="also whole answers right with each sample's pictures shuffled (does the answer rest on them?)")
     args = ap.parse_args(argv)
@@ -153,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         hits = answer_hits(adapter, args.data, name, args.limit)
         tokens = adapter.processor.tokenizer.convert_ids_to_tokens(hits[0][0].tolist())
         print(f"{name:24s} " + " ".join(f"{t}:{a:.2f}" for t, a in zip(tokens, position_shares(hits))), flush=True)
+        read = caption_accuracy(adapter, args.data, name, args.limit) if args.captions else None
+        if read is not None:
+            print(f"  labels naming their picture's colour: {read[0]:.2f} of {read[1]}", flush=True)
         if args.shuffled:
             shuffled = whole_answers(adapter, args.data, name, args.limit, random.Random(0))
             print(f"  whole answers right: {whole_share(hits):.2f}, with the pictures shuffled {shuffled:.2f}", flush=True)

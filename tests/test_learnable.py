@@ -39,7 +39,7 @@ from milebench.learnable import COLOURS, TRAIN_DIR, generate
 from milebench.prompt import prepare_sample
 from milebench.runner.loop import run
 from milebench.runner.models import check_model_config
-from standins.diagnose import evidence_attention, token_accuracy, token_kinds, whole_answers
+from standins.diagnose import caption_accuracy, evidence_attention, token_accuracy, token_kinds, whole_answers
 from standins.evaluate import OnlyLayers, load_standin
 from standins.llava_standin import (CHAT_TEMPLATE, Recipe, build_standin_model, build_untrained, encode_example,
                                     train, train_step)
@@ -466,6 +466,50 @@ def test_whole_answers_shuffles_each_samples_pictures(standin, learnable_data) -
         standin.model = real
     assert as_given == 1.0 == again
     assert shuffled < 0.5
+
+
+class LabelColour(Oracle):
+    """Names one colour at every token that stands right before a full stop (where a label
+    such as "<image> image 3." ends) and another colour everywhere else."""
+
+    def __init__(self, vocab: int, stop: int, at_label: int, elsewhere: int):
+        super().__init__(vocab, shift=0)
+        self.stop, self.at_label, self.elsewhere = stop, at_label, elsewhere
+
+    def __call__(self, input_ids: torch.Tensor, pixel_values=None):
+        before_stop = torch.roll(input_ids, -1, dims=1) == self.stop
+        target = torch.where(before_stop, self.at_label, self.elsewhere)
+        return type("Out", (), {"logits": torch.nn.functional.one_hot(target, self.vocab).float()})()
+
+
+def test_caption_accuracy_reads_each_label_against_its_pictures_pixels(standin, learnable_data) -> None:
+    """A model that says "red" at each label and "blue" elsewhere must score the share of red
+    pictures among the labelled ones, read from the pixels (the kept pictures are the last
+    ones), and the reverse model the share of blue ones; datasets without labels get None."""
+    tokenizer = standin.processor.tokenizer
+    red, blue = (tokenizer(" " + c, add_special_tokens=False).input_ids[0] for c in ("red", "blue"))
+    stop = tokenizer.convert_tokens_to_ids(".")
+    vocab = standin.model.config.text_config.vocab_size
+    truth: list[str] = []
+    for name in ("ObjectExistence", "WebQA"):
+        dataset = load_dataset(learnable_data, name)
+        for s in dataset.samples:
+            kept = encode_example(standin, s, dataset).pixel_values.shape[0]
+            truth += [colour_of(dataset.root / IMAGES_DIR / p) for p in s.images[len(s.images) - kept:]]
+    real = standin.model
+    try:
+        got = {}
+        for said, other in (("red", "blue"), ("blue", "red")):
+            standin.model = LabelColour(vocab, stop, *((red, blue) if said == "red" else (blue, red)))
+            scores = [caption_accuracy(standin, learnable_data, n) for n in ("ObjectExistence", "WebQA")]
+            got[said] = sum(a * n for a, n in scores) / sum(n for _, n in scores)
+            assert sum(n for _, n in scores) == len(truth)
+        assert caption_accuracy(standin, learnable_data, "ActionLocalization") is None
+    finally:
+        standin.model = real
+    assert truth.count("red") != truth.count("blue")
+    assert got["red"] == pytest.approx(truth.count("red") / len(truth))
+    assert got["blue"] == pytest.approx(truth.count("blue") / len(truth))
 
 
 def test_evidence_is_the_answer_colours_shapes(standin, learnable_data) -> None:
