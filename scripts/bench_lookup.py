@@ -4,7 +4,7 @@ and how often whole answers are right (both hops), beside the same on training s
 
     python scripts/bench_lookup.py [--datasets ObjectExistence,WebQA] [--steps 400] [--seed 0]
                                    [--samples 60] [--lr 3e-3] [--train-samples 400]
-    python scripts/bench_lookup.py --picker [--samples 12]   # the picker alone, every dataset
+    python scripts/bench_lookup.py --picker [--samples 60]   # the picker alone, every dataset
 
 A full build takes thirteen minutes and mixes 29 datasets; this asks one question in about
 four (two datasets, 400 steps): is a skill learnt at all, and if not, which hop is missing.
@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -35,16 +38,16 @@ from milebench.data import IMAGES_DIR, load_dataset  # noqa: E402
 from milebench.learnable import COLOURS, LABELLED, TRAIN_DIR, generate  # noqa: E402
 from standins.diagnose import answer_hits, caption_accuracy, position_shares, whole_share  # noqa: E402
 from standins.llava_standin import CHAT_TEMPLATE, Recipe, patch_classes, train  # noqa: E402
-from PIL import Image  # noqa: E402
 
 PALETTE = ("ground", "grey", *COLOURS)  # patch_classes' classes
 
 
-def by_pictures(adapter: ModelAdapter, data_dir: Path, name: str) -> dict[int, list[int]]:
-    """Whole answers right and samples, per number of pictures in the sample."""
+def by_pictures(hits: list[tuple[torch.Tensor, torch.Tensor]], data_dir: Path, name: str) -> dict[int, list[int]]:
+    """Whole answers right and samples (`answer_hits` of `name` in `data_dir`), per number of
+    pictures in the sample."""
     samples = load_dataset(data_dir, name).samples
     out: dict[int, list[int]] = {}
-    for sample, hit in zip(samples, answer_hits(adapter, data_dir, name), strict=True):
+    for sample, hit in zip(samples, hits, strict=True):
         row = out.setdefault(len(sample.images), [0, 0])
         row[0] += int(hit[1].all())
         row[1] += 1
@@ -95,16 +98,16 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         model, processor, stats = train(recipe, data, log_every=100)
         adapter = ModelAdapter.from_model(model, processor, chat_template=CHAT_TEMPLATE)
-        out: dict = {"steps": args.steps, "seed": args.seed, "lr": args.lr, "train_samples": args.train_samples, "train_s": round(time.perf_counter() - start, 1),
-                     "final_loss": stats["final_loss"]}
+        out: dict = {"steps": args.steps, "seed": args.seed, "lr": args.lr, "train_samples": args.train_samples,
+                     "train_s": round(time.perf_counter() - start, 1), "final_loss": stats["final_loss"]}
         for name in names:
-            hits = answer_hits(adapter, data, name)
+            hits, short = answer_hits(adapter, data, name), answer_hits(adapter, unseen, name)
             labels, count = caption_accuracy(adapter, data, name)
             out[name] = {"labels_read_their_pictures": round(labels, 3), "labels": count,
                          "first_token": round(position_shares(hits)[0], 3), "whole": round(whole_share(hits), 3),
-                         "whole_unseen_short": round(whole_share(answer_hits(adapter, unseen, name)), 3),
-                         "whole_by_pictures": by_pictures(adapter, data, name),
-                         "whole_unseen_short_by_pictures": by_pictures(adapter, unseen, name),
+                         "whole_unseen_short": round(whole_share(short), 3),
+                         "whole_by_pictures": by_pictures(hits, data, name),
+                         "whole_unseen_short_by_pictures": by_pictures(short, unseen, name),
                          "shown_colours_picker": shown_colours_picker(data, name),
                          "shown_colours_picker_unseen_short": shown_colours_picker(unseen, name),
                          "whole_trained_on": round(whole_share(answer_hits(adapter, data / TRAIN_DIR, name,
