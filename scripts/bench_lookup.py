@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from csp.models.adapters import ModelAdapter  # noqa: E402
 from milebench import catalog  # noqa: E402
 from milebench.data import IMAGES_DIR, load_dataset  # noqa: E402
-from milebench.learnable import COLOURS, LABELLED, TRAIN_DIR, generate  # noqa: E402
+from milebench.learnable import ANSWER_LINK, COLOURS, LABELLED, TRAIN_DIR, generate  # noqa: E402
 from standins.diagnose import answer_hits, caption_accuracy, position_shares, whole_share  # noqa: E402
 from standins.llava_standin import CHAT_TEMPLATE, Recipe, patch_classes, train  # noqa: E402
 
@@ -59,13 +59,17 @@ def shown_colours_picker(data_dir: Path, name: str) -> float | None:
     sample's pictures (read from the pixels): what an answer gets without the lookup asked.
     None where the options are not colour pairs (free-form sets, GPR1200)."""
     dataset = load_dataset(data_dir, name)
-    if any(s.choices is None or " and " not in s.choices[0] for s in dataset.samples):
+    link = ANSWER_LINK["pair"]
+    if any(s.choices is None or link not in s.choices[0] for s in dataset.samples):
         return None
     total = 0.0
     for sample in dataset.samples:
-        pictures = [Image.open(dataset.root / IMAGES_DIR / p).convert("RGB") for p in sample.images]
+        pictures = []
+        for p in sample.images:
+            with Image.open(dataset.root / IMAGES_DIR / p) as im:
+                pictures.append(im.convert("RGB"))
         shown = {PALETTE[int(c)] for c in patch_classes(pictures).flatten().unique()}
-        fits = [o for o in sample.choices if set(o.split(" and ")) <= shown]
+        fits = [o for o in sample.choices if set(o.split(link)) <= shown]
         total += (sample.response in fits) / max(1, len(fits))
     return round(total / len(dataset.samples), 3)
 

@@ -15,6 +15,7 @@ reliably (see the README); tests/test_proxy.py holds that role.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -74,9 +75,11 @@ def test_both_splits_pass_the_loaders_validation(learnable_data: Path) -> None:
 GREYS = {"grey-dark": (80, 80, 80), "grey-light": (165, 165, 165)}
 
 
+@functools.cache
 def colour_of(path: Path) -> str:
     """The shape's colour from the pixels: the pixels far from the ground (a corner pixel),
-    averaged, named by the nearest palette colour; both grey shades are `grey`."""
+    averaged, named by the nearest palette colour; both grey shades are `grey`. Cached: the
+    datasets of a split draw on one pool of pictures."""
     pixels = np.asarray(Image.open(path).convert("RGB"), dtype=float).reshape(-1, 3)
     shape = pixels[np.abs(pixels - pixels[0]).max(axis=1) > 15]
     assert len(shape) > 1000, f"{path}: no shape found"
@@ -142,11 +145,10 @@ def answer_from_prompt(rule: str, context: str, colours: list[str]) -> str:
 def test_every_answer_follows_from_the_prompt(learnable_data: Path) -> None:
     assert set(RULES) == set(catalog.NAMES)
     for folder in (learnable_data, learnable_data / TRAIN_DIR):
-        cache: dict[str, str] = {}
         for name in catalog.NAMES:
             dataset = load_dataset(folder, name)
             for s in dataset.samples:
-                colours = [cache.setdefault(p, colour_of(dataset.root / IMAGES_DIR / p)) for p in s.images]
+                colours = [colour_of(dataset.root / IMAGES_DIR / p) for p in s.images]
                 assert answer_from_prompt(RULES[name], s.context, colours) == s.response, (folder, name, s.sample_id)
 
 
