@@ -6,7 +6,7 @@ and how often whole answers are right (both hops), beside the same on training s
                                    [--samples 60] [--lr 3e-3] [--train-samples 400]
     python scripts/bench_lookup.py --picker [--samples 60]   # the picker alone, every dataset
 
-A full build takes thirteen minutes and mixes 29 datasets; this asks one question in about
+A full build takes 11 to 13 minutes and mixes 29 datasets; this asks one question in about
 four (two datasets, 400 steps): is a skill learnt at all, and if not, which hop is missing.
 Held out: the scored split (`--samples` per dataset, the scored sizes: 7 to 12 pictures) and
 a second copy's training split (unseen samples of the training sizes: 2 to 8 pictures),
